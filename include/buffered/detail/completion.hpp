@@ -1,0 +1,121 @@
+// Which accepted events are done (delivered, failed or abandoned), for flush and shutdown.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+namespace buffered::detail {
+
+// Tracks event offsets (0 = the first event ever accepted; they do not wrap in practice).
+// Everything below the watermark is done: the watermark is the first event of the worker's
+// current batch, or of the oldest batch still in a delegate call, whichever is lower.
+//
+// Thread-safe: one mutex guards everything; waiters block on its condition variable. Never
+// allocates after construction (the in-flight list is reserved).
+class Completion {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::uint64_t kNone = std::numeric_limits<std::uint64_t>::max();
+
+  enum class FlushResult { done, abandoned, timed_out };
+
+  explicit Completion(std::size_t max_in_flight) { in_flight_.reserve(max_in_flight); }
+
+  // The worker finished a batch itself (sync, or abandoned); its next batch starts at `next`.
+  void batch_done(std::uint64_t next) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_hand_ = next;
+    }
+    cv_.notify_all();
+  }
+
+  // The worker handed [first, next) to the pool.
+  void batch_submitted(std::uint64_t first, std::uint64_t next) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_flight_.push_back(first);
+      in_hand_ = next;
+    }
+    cv_.notify_all();
+  }
+
+  // A pool thread finished the batch that started at `first`.
+  void batch_finished(std::uint64_t first) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), first));
+    }
+    cv_.notify_all();
+  }
+
+  // Events from `first` on are being abandoned by shutdown.
+  void abandoning_from(std::uint64_t first) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      first_abandoned_ = std::min(first_abandoned_, first);
+    }
+    cv_.notify_all();
+  }
+
+  void mark_complete(std::uint64_t end) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_hand_ = end;
+      complete_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  // Wakes waiters so they re-check a condition kept elsewhere.
+  void notify() {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
+  }
+
+  bool complete() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return complete_;
+  }
+
+  // Blocks until every event below `target` is done, or one of them was abandoned, or deadline.
+  FlushResult wait_flushed(std::uint64_t target, std::optional<Clock::time_point> deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto settled = [&] { return first_abandoned_ < target || watermark() >= target; };
+    const bool ok = deadline ? cv_.wait_until(lock, *deadline, settled) : (cv_.wait(lock, settled), true);
+    if (first_abandoned_ < target) return FlushResult::abandoned;
+    return ok ? FlushResult::done : FlushResult::timed_out;
+  }
+
+  // Blocks until mark_complete() or `also()` (checked whenever waiters are woken) or deadline.
+  template <class Also>
+  bool wait_complete(std::optional<Clock::time_point> deadline, Also also) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto settled = [&] { return complete_ || also(); };
+    if (deadline) return cv_.wait_until(lock, *deadline, settled);
+    cv_.wait(lock, settled);
+    return true;
+  }
+
+ private:
+  std::uint64_t watermark() const {
+    std::uint64_t w = in_hand_;
+    for (std::uint64_t first : in_flight_) w = std::min(w, first);
+    return w;
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::uint64_t in_hand_ = 0;
+  std::vector<std::uint64_t> in_flight_;
+  std::uint64_t first_abandoned_ = kNone;
+  bool complete_ = false;
+};
+
+}  // namespace buffered::detail

@@ -1,0 +1,122 @@
+// How the single consumer sleeps without producers paying a syscall per event.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+
+#include "cache_line.hpp"
+#include "position.hpp"
+
+namespace buffered::detail {
+
+// The consumer arms a threshold (a tail position: "wake me once the tail reaches T"), re-checks
+// the tail, and parks. A producer, after claiming position p and publishing it, does one load of
+// the threshold; only when p + 1 reaches it does it race (CAS) to disarm, and the single winner
+// takes the mutex and notifies. So at most one producer wakes the consumer per park, and none
+// make a syscall while the consumer is awake or waiting for a larger threshold.
+//
+// Explicit wake-ups (flush, shutdown, a dispatch slot freed) go through signal().
+//
+// Memory ordering: the consumer does store(threshold) then load(tail); a producer does
+// CAS(tail) then load(threshold). All four are seq_cst, so at least one side sees the other:
+// either the consumer sees the claim and does not park, or the producer sees the threshold and
+// wakes it. The wake itself sets `signaled_` under the mutex the consumer waits with, so it
+// cannot fall between the consumer's check and its wait.
+class Parker {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::uint64_t kDisarmed = ~std::uint64_t{0};
+
+  // Consumer. Never blocks.
+  void arm(std::uint64_t threshold) noexcept {
+    wake_at_.store(threshold, std::memory_order_seq_cst);
+  }
+  void disarm() noexcept { wake_at_.store(kDisarmed, std::memory_order_relaxed); }
+
+  // Producer, after publishing `position`. One atomic load unless the consumer must be woken;
+  // then a CAS, a mutex and a notify. Thread-safe.
+  void notify_published(std::uint64_t position) {
+    std::uint64_t wake_at = wake_at_.load(std::memory_order_seq_cst);
+    if (wake_at == kDisarmed || !position_reached(position_add(position, 1), wake_at)) return;
+    if (!wake_at_.compare_exchange_strong(wake_at, kDisarmed, std::memory_order_seq_cst)) return;
+    signal();
+  }
+
+  // Any thread: wake the consumer now (or make its next park return at once). Blocks briefly
+  // on the mutex; never allocates.
+  void signal() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      signaled_ = true;
+    }
+    cv_.notify_one();
+  }
+
+  // Consumer. Blocks until signalled (by a producer reaching the armed threshold or by
+  // signal()) or until `deadline`. Spurious returns are possible; callers re-check.
+  void park(std::optional<Clock::time_point> deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (deadline) {
+      cv_.wait_until(lock, *deadline, [this] { return signaled_; });
+    } else {
+      cv_.wait(lock, [this] { return signaled_; });
+    }
+    signaled_ = false;
+  }
+
+ private:
+  alignas(kCacheLine) std::atomic<std::uint64_t> wake_at_{kDisarmed};
+  alignas(kCacheLine) std::mutex mu_;
+  std::condition_variable cv_;
+  bool signaled_ = false;
+};
+
+// Producers blocked on a full ring (OverflowPolicy::block) wait here; the consumer notifies
+// after freeing space, only when someone waits.
+//
+// Memory ordering: a producer increments `waiting_` then re-checks the ring's head; the
+// consumer stores head then loads `waiting_`. All seq_cst: one of them sees the other. The
+// producer's final check is made under the mutex the consumer takes before notifying.
+class SpaceWaiters {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Producer. Blocks until `ready()` or `deadline`; returns ready(). Thread-safe.
+  template <class Ready>
+  bool wait(Ready ready, std::optional<Clock::time_point> deadline) {
+    waiting_.fetch_add(1, std::memory_order_seq_cst);
+    bool ok = true;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (deadline) {
+        ok = cv_.wait_until(lock, *deadline, ready);
+      } else {
+        cv_.wait(lock, ready);
+      }
+    }
+    waiting_.fetch_sub(1, std::memory_order_relaxed);
+    return ok;
+  }
+
+  // Consumer, after publishing a new head. One load when nobody waits.
+  void notify_if_waiting() {
+    if (waiting_.load(std::memory_order_seq_cst) == 0) return;
+    notify_all();
+  }
+
+  void notify_all() {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
+  }
+
+ private:
+  alignas(kCacheLine) std::atomic<std::size_t> waiting_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+}  // namespace buffered::detail

@@ -1,0 +1,151 @@
+// Shared helpers for the tests: recording sinks, gates, and polling with generous limits.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <buffered/buffered_backend.hpp>
+#include <gtest/gtest.h>
+
+namespace buffered_test {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// "By" limits are loose: these machines are shared, 2-core and noisy.
+inline constexpr auto kPatience = 20s;
+
+// An event that says who produced it and in what order.
+struct Event {
+  std::uint32_t producer = 0;
+  std::uint64_t seq = 0;
+  friend bool operator==(const Event&, const Event&) = default;
+};
+
+// Polls `pred` until it holds or `limit` passes.
+template <class Pred>
+bool eventually(Pred pred, Clock::duration limit = kPatience) {
+  const auto deadline = Clock::now() + limit;
+  while (!pred()) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// A one-shot gate: wait() blocks until open().
+class Gate {
+ public:
+  void open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return open_; });
+  }
+  bool is_open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// Records every batch it is given, with the time it arrived.
+template <class E = Event>
+class RecordingSink {
+ public:
+  void process_events(std::span<E> events) {
+    std::lock_guard<std::mutex> lock(mu_);
+    batches_.emplace_back(events.begin(), events.end());
+    times_.push_back(Clock::now());
+  }
+  std::vector<std::vector<E>> batches() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return batches_;
+  }
+  std::vector<Clock::time_point> times() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return times_;
+  }
+  std::vector<E> events() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<E> all;
+    for (const auto& b : batches_) all.insert(all.end(), b.begin(), b.end());
+    return all;
+  }
+  std::size_t event_count() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::size_t n = 0;
+    for (const auto& b : batches_) n += b.size();
+    return n;
+  }
+  std::size_t batch_count() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return batches_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::vector<E>> batches_;
+  std::vector<Clock::time_point> times_;
+};
+
+// Collects what the error handler was given.
+template <class E = Event>
+class ErrorLog {
+ public:
+  using Entry = std::pair<buffered::ErrorKind, std::vector<E>>;
+  std::function<void(buffered::ErrorKind, std::span<const E>)> handler() {
+    return [this](buffered::ErrorKind kind, std::span<const E> events) {
+      std::lock_guard<std::mutex> lock(mu_);
+      entries_.emplace_back(kind, std::vector<E>(events.begin(), events.end()));
+    };
+  }
+  std::vector<Entry> entries() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_;
+  }
+  std::size_t count(buffered::ErrorKind kind) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::size_t n = 0;
+    for (const auto& e : entries_) {
+      if (e.first == kind) n += e.second.size();
+    }
+    return n;
+  }
+  std::size_t calls() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<Entry> entries_;
+};
+
+inline Event ev(std::uint64_t seq, std::uint32_t producer = 0) { return Event{producer, seq}; }
+
+// accepted == delivered + failed + abandoned, and everything offered was counted once.
+inline void expect_accounting(const buffered::Stats& s, std::uint64_t offered) {
+  EXPECT_EQ(s.accepted, s.delivered + s.failed + s.abandoned);
+  EXPECT_EQ(offered, s.accepted + s.rejected_full + s.rejected_shut_down);
+  EXPECT_EQ(s.queued, 0u);
+  EXPECT_EQ(s.in_flight, 0u);
+}
+
+}  // namespace buffered_test
