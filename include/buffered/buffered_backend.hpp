@@ -441,16 +441,18 @@ class BufferedBackend {
     detail::Backoff backoff;
     for (;;) {
       const bool was_empty = batch.empty();
+      std::size_t taken = 0;
       {
         std::lock_guard<std::mutex> lock(consumer_mu_);
         if (was_empty) first = ring_.consumer_head();
-        const std::size_t n = ring_.pop_run(
-            max_batch - batch.size(), [&batch](Event&& e) { batch.push_back(std::move(e)); });
-        if (n != 0) {
+        taken = ring_.pop_run(max_batch - batch.size(),
+                              [&batch](Event&& e) { batch.push_back(std::move(e)); });
+        if (taken != 0) {
           undispatched_.store(batch.size(), std::memory_order_release);
           space_.notify_if_waiting();
         }
       }
+      if (taken != 0) backoff.reset();
       if (was_empty && !batch.empty()) {
         linger_deadline = detail::deadline_after(Clock::now(), config_.max_batch_wait)
                               .value_or(Clock::time_point::max());
@@ -477,7 +479,6 @@ class BufferedBackend {
         backoff.pause(wake_by);
         continue;
       }
-      backoff.reset();
       const std::uint64_t threshold =
           detail::position_add(head, batch.empty() ? 1 : max_batch - batch.size());
       parker_.arm(threshold);

@@ -50,7 +50,8 @@ class Completion {
   void batch_finished(std::uint64_t first) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), first));
+      const auto it = std::find(in_flight_.begin(), in_flight_.end(), first);
+      if (it != in_flight_.end()) in_flight_.erase(it);
     }
     cv_.notify_all();
   }

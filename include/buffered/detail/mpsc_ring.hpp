@@ -155,9 +155,12 @@ class MpscRing {
   std::uint64_t head() const noexcept { return head_.load(std::memory_order_seq_cst); }
   bool closed() const noexcept { return (tail_.load(std::memory_order_acquire) & kClosedBit) != 0; }
   // Any thread: claimed but not yet taken by the consumer (includes claims not yet published).
+  // Tail is read first: head can only have moved forward since, so the result is never above
+  // capacity(); if head passed that tail meanwhile, the distance wraps and the answer is 0.
   std::size_t size() const noexcept {
-    const std::uint64_t h = head();
-    return static_cast<std::size_t>(position_distance(h, tail()));
+    const std::uint64_t t = tail();
+    const std::uint64_t d = position_distance(head(), t);
+    return d > capacity_ ? 0 : static_cast<std::size_t>(d);
   }
   bool looks_full() const noexcept {
     const std::uint64_t t = tail();
