@@ -180,9 +180,11 @@ class BufferedBackend {
   // buffer_full or shut_down). Thread-safe. Never blocks with drop_newest; with block, waits for
   // space per event. Never allocates (the copies aside). If a copy throws, the events before it
   // stay accepted, nothing else is claimed or counted, and the exception propagates.
-  std::size_t process_events(std::span<const Event> events)
-    requires std::copy_constructible<Event>
-  {
+  std::size_t process_events(std::span<const Event> events) {
+    static_assert(std::is_copy_constructible_v<Event>,
+                  "BufferedBackend::process_events copies the events: Event must be "
+                  "copy-constructible; offer move-only events one by one with "
+                  "process_event(std::move(event))");
     for (std::size_t i = 0; i < events.size(); ++i) {
       const detail::PushResult result = offer_copy(events[i]);
       if (result != detail::PushResult::ok) {
@@ -195,9 +197,10 @@ class BufferedBackend {
 
   // Offers a copy of `event`; true if accepted, otherwise it is reported and counted. Same
   // blocking, allocation and exception rules as process_events. Thread-safe.
-  bool process_event(const Event& event)
-    requires std::copy_constructible<Event>
-  {
+  bool process_event(const Event& event) {
+    static_assert(std::is_copy_constructible_v<Event>,
+                  "BufferedBackend::process_event(const Event&) copies the event: Event must be "
+                  "copy-constructible; pass it as an rvalue, process_event(std::move(event))");
     const detail::PushResult result = offer_copy(event);
     if (result == detail::PushResult::ok) return true;
     refuse(result, std::span<const Event>(&event, 1));
