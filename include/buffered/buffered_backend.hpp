@@ -477,13 +477,15 @@ class BufferedBackend {
       std::optional<Clock::time_point> wake_by;
       if (!batch.empty()) wake_by = linger_deadline;
       if (stop) wake_by = detail::earlier(wake_by, abandon_deadline());
-      if (tail != head) {
-        // A producer claimed `head` but has not published it yet.
+      const std::uint64_t threshold =
+          detail::position_add(head, batch.empty() ? 1 : max_batch - batch.size());
+      if (detail::position_reached(tail, threshold)) {
+        // Enough is claimed to go on, but `head` is not published yet: its producer is between
+        // claim and publish (or was pre-empted there). Poll politely; chasing producers one
+        // event at a time is what this avoids otherwise, by parking until the batch can fill.
         backoff.pause(wake_by);
         continue;
       }
-      const std::uint64_t threshold =
-          detail::position_add(head, batch.empty() ? 1 : max_batch - batch.size());
       parker_.arm(threshold);
       if (!detail::position_reached(ring_.tail(), threshold)) parker_.park(wake_by);
       parker_.disarm();

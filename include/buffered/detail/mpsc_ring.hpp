@@ -110,6 +110,10 @@ class MpscRing {
       }
     }
     Slot& slot = slots_[tail & mask_];
+    // Ask for a slot a few claims ahead in exclusive state now. Its line was last read by the
+    // consumer, and the next claim's locked CAS must wait for this claim's stores to finish:
+    // without the prefetch each claim would pay a cross-core ownership transfer in series.
+    __builtin_prefetch(&slots_[(tail + kPrefetchAhead) & mask_], 1);
     ::new (static_cast<void*>(slot.storage)) T(std::forward<Args>(args)...);
     slot.sequence.store(position_add(tail, 1), std::memory_order_release);
     position = tail;
@@ -175,6 +179,8 @@ class MpscRing {
   }
 
  private:
+  static constexpr std::uint64_t kPrefetchAhead = 8;
+
   struct Slot {
     std::atomic<std::uint64_t> sequence{0};
     alignas(T) unsigned char storage[sizeof(T)];
