@@ -30,6 +30,7 @@
 #include "detail/parker.hpp"
 #include "detail/position.hpp"
 #include "detail/sink.hpp"
+#include "detail/test_hooks.hpp"
 #include "token_bucket.hpp"
 #include "version.hpp"
 
@@ -132,7 +133,7 @@ class BufferedBackend {
       : delegate_(std::forward<Delegate>(delegate)),
         config_(validated(config)),
         on_error_(std::move(on_error)),
-        ring_(config_.buffer_size),
+        ring_(config_.buffer_size, detail::test_hooks::start_position()),
         completion_(config_.async_delegate ? config_.max_in_flight : 0) {
     if (config_.throttle) bucket_.emplace(config_.throttle->qps, config_.throttle->burst);
     const std::size_t reserve = std::min(config_.max_batch_size, config_.buffer_size);

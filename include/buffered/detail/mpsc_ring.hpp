@@ -13,6 +13,7 @@
 
 #include "cache_line.hpp"
 #include "position.hpp"
+#include "test_hooks.hpp"
 
 namespace buffered::detail {
 
@@ -109,11 +110,14 @@ class MpscRing {
         break;
       }
     }
+    test_hooks::on_claimed(tail);
     Slot& slot = slots_[tail & mask_];
     // Ask for a slot a few claims ahead in exclusive state now. Its line was last read by the
     // consumer, and the next claim's locked CAS must wait for this claim's stores to finish:
     // without the prefetch each claim would pay a cross-core ownership transfer in series.
+#if defined(__GNUC__) || defined(__clang__)
     __builtin_prefetch(&slots_[(tail + kPrefetchAhead) & mask_], 1);
+#endif
     ::new (static_cast<void*>(slot.storage)) T(std::forward<Args>(args)...);
     slot.sequence.store(position_add(tail, 1), std::memory_order_release);
     position = tail;

@@ -1,0 +1,113 @@
+// A producer pre-empted between claiming a slot and publishing it (held there by a test-only
+// hook): the worker must not spin a core or lose the event, other producers must be refused
+// rather than blocked, and shutdown must still drain it.
+#include <gtest/gtest.h>
+
+#include <time.h>
+
+#include <atomic>
+#include <future>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace buffered_test;
+namespace hooks = buffered::detail::test_hooks;
+
+std::atomic<std::uint64_t> g_stall_at{~std::uint64_t{0}};
+std::atomic<bool> g_stalled{false};
+std::atomic<bool> g_release{false};
+
+void stall_hook(std::uint64_t position) {
+  if (position != g_stall_at.load()) return;
+  g_stalled = true;
+  while (!g_release.load()) std::this_thread::sleep_for(1ms);
+}
+
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+class StalledProducer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    g_stall_at = 10;
+    g_stalled = false;
+    g_release = false;
+    hooks::after_claim = &stall_hook;
+  }
+  void TearDown() override {
+    g_release = true;
+    hooks::after_claim = nullptr;
+  }
+};
+
+buffered::BatchConfig config() {
+  buffered::BatchConfig c;
+  c.buffer_size = 64;
+  c.max_batch_size = 8;
+  c.max_batch_wait = 1ms;
+  return c;
+}
+
+TEST_F(StalledProducer, WorkerWaitsWithoutSpinningOthersAreRefusedNothingIsLost) {
+  RecordingSink<> sink;
+  ErrorLog<> errors;
+  buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, config(), errors.handler());
+  backend.run();
+  std::thread slow([&] {
+    for (std::uint64_t i = 0; i <= 10; ++i) ASSERT_TRUE(backend.process_event(ev(i, 1)));
+  });
+  ASSERT_TRUE(eventually([] { return g_stalled.load(); }));
+  ASSERT_TRUE(eventually([&] { return sink.event_count() == 10; }));  // all before the stall
+
+  // Other producers: accepted until the buffer is full behind the stalled slot, then refused at
+  // once, never blocked.
+  std::uint64_t accepted = 0;
+  std::uint64_t refused = 0;
+  const auto t0 = Clock::now();
+  for (std::uint64_t i = 0; i < 200; ++i) (backend.process_event(ev(i, 2)) ? accepted : refused)++;
+  EXPECT_LT(Clock::now() - t0, 5s);
+  EXPECT_EQ(accepted, 63u);  // 64 slots from the stalled one on, which holds the first
+  EXPECT_EQ(refused, 137u);
+  EXPECT_EQ(errors.count(buffered::ErrorKind::buffer_full), 137u);
+
+  // The worker waits for the stalled slot without burning a core.
+  const double cpu0 = process_cpu_seconds();
+  std::this_thread::sleep_for(500ms);
+  const double cpu_ms = (process_cpu_seconds() - cpu0) * 1000;
+  EXPECT_LT(cpu_ms, 200.0) << "the worker spun while waiting";
+  EXPECT_EQ(sink.event_count(), 10u);  // nothing passes the stalled slot
+
+  g_release = true;
+  slow.join();
+  EXPECT_TRUE(backend.shutdown());
+  const auto all = sink.events();
+  ASSERT_EQ(all.size(), 10u + 1 + 63);
+  EXPECT_EQ(all[10], ev(10, 1));  // the stalled event, in its place
+  expect_accounting(backend.stats(), 11 + 200);
+}
+
+TEST_F(StalledProducer, ShutdownDrainsTheStalledEventOnceItIsPublished) {
+  RecordingSink<> sink;
+  buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, config());
+  backend.run();
+  std::thread slow([&] {
+    for (std::uint64_t i = 0; i <= 10; ++i) EXPECT_TRUE(backend.process_event(ev(i, 1)));
+  });
+  ASSERT_TRUE(eventually([] { return g_stalled.load(); }));
+  auto done = std::async(std::launch::async, [&] { return backend.shutdown(); });
+  EXPECT_EQ(done.wait_for(200ms), std::future_status::timeout);  // it waits for the claim
+  EXPECT_FALSE(backend.process_event(ev(99, 3)));                 // but refuses new events
+  g_release = true;
+  slow.join();
+  ASSERT_EQ(done.wait_for(kPatience), std::future_status::ready);
+  EXPECT_TRUE(done.get());
+  EXPECT_EQ(sink.event_count(), 11u);
+  EXPECT_EQ(sink.events().back(), ev(10, 1));
+}
+
+}  // namespace
