@@ -1,0 +1,23 @@
+# cmake -DMODE=... -DSOURCE_DIR=... -DWORK_DIR=... [-DPREFIX=...] -DGENERATOR=... -DCXX=... -P run_consumer.cmake
+# Configures, builds and runs the consumer project; fails on any error.
+cmake_minimum_required(VERSION 3.21)
+file(REMOVE_RECURSE ${WORK_DIR})
+set(configure_command ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/integration/consumer -B ${WORK_DIR}
+    -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX} -DMODE=${MODE} -DBUFFERED_SOURCE_DIR=${SOURCE_DIR})
+if(PREFIX)
+  list(APPEND configure_command -DCMAKE_PREFIX_PATH=${PREFIX})
+endif()
+foreach(step configure build run)
+  if(step STREQUAL "configure")
+    set(command ${configure_command})
+  elseif(step STREQUAL "build")
+    set(command ${CMAKE_COMMAND} --build ${WORK_DIR})
+  else()
+    set(command ${WORK_DIR}/consumer)
+  endif()
+  execute_process(COMMAND ${command} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  if(NOT result EQUAL 0)
+    message(FATAL_ERROR "${MODE}: ${step} failed (${result}):\n${out}")
+  endif()
+endforeach()
+message(STATUS "${MODE}: ${out}")
