@@ -216,7 +216,8 @@ Percentiles latency(std::uint64_t per_producer, Offer offer) {
     for (std::uint64_t i = 0; i < n; ++i) {
       const auto t0 = Clock::now();
       offer(e);
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+      const auto ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
       out[i] = static_cast<std::uint32_t>(std::min<std::int64_t>(ns, UINT32_MAX));
     }
   });
@@ -224,7 +225,8 @@ Percentiles latency(std::uint64_t per_producer, Offer offer) {
   for (auto& s : samples) all.insert(all.end(), s.begin(), s.end());
   std::sort(all.begin(), all.end());
   auto at = [&](double q) {
-    return static_cast<double>(all[static_cast<std::size_t>(q * static_cast<double>(all.size() - 1))]);
+    return static_cast<double>(
+        all[static_cast<std::size_t>(q * static_cast<double>(all.size() - 1))]);
   };
   return {at(0.50), at(0.99), at(0.999)};
 }
@@ -347,26 +349,36 @@ int main(int argc, char** argv) {
 
   const double m_lib1 = median(lib1), m_mtx1 = median(mtx1), m_spsc1 = median(spsc1);
   const double m_lib2 = median(lib2), m_mtx2 = median(mtx2);
-  std::printf("buffered_bench: %d round(s), %llu events of 64 bytes, buffer 10000, batch 400, wait 30 s; "
-              "medians\n\n",
-              rounds, static_cast<unsigned long long>(events));
+  std::printf(
+      "buffered_bench: %d round(s), %llu events of 64 bytes, buffer 10000, batch 400, wait 30 s; "
+      "medians\n\n",
+      rounds, static_cast<unsigned long long>(events));
   std::printf("| workload | buffered | mutex+deque | SPSC ring | vs mutex | vs SPSC | target |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
-  std::printf("| lossless, 1 producer (M events/s) | %.1f | %.1f | %.1f | %.2fx | %.2fx | >= 3x mutex, >= 0.6x SPSC |\n",
-              m_lib1 / 1e6, m_mtx1 / 1e6, m_spsc1 / 1e6, m_lib1 / m_mtx1, m_lib1 / m_spsc1);
-  std::printf("| lossless, 2 producers (M events/s) | %.1f | %.1f | - | %.2fx | - | >= 1.5x mutex |\n",
-              m_lib2 / 1e6, m_mtx2 / 1e6, m_lib2 / m_mtx2);
+  std::printf(
+      "| lossless, 1 producer (M events/s) | %.1f | %.1f | %.1f | %.2fx | %.2fx | >= 3x mutex, >= "
+      "0.6x SPSC |\n",
+      m_lib1 / 1e6, m_mtx1 / 1e6, m_spsc1 / 1e6, m_lib1 / m_mtx1, m_lib1 / m_spsc1);
+  std::printf(
+      "| lossless, 2 producers (M events/s) | %.1f | %.1f | - | %.2fx | - | >= 1.5x mutex |\n",
+      m_lib2 / 1e6, m_mtx2 / 1e6, m_lib2 / m_mtx2);
   std::printf("| drop-when-full, 1 producer (refused) | %.3f%% | %.3f%% | - | - | - | <= 1%% |\n",
               median(drop_lib) * 100, median(drop_mtx) * 100);
-  std::printf("| process_event p50 / p99 / p99.9, 2 producers (ns) | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f | - | - | - | reported |\n",
-              lat_lib.p50, lat_lib.p99, lat_lib.p999, lat_mtx.p50, lat_mtx.p99, lat_mtx.p999);
-  std::printf("| idle CPU over %.1f s, max wait 5 ms (ms) | %.2f | - | - | - | - | <= 10 ms over 3 s |\n",
-              static_cast<double>(idle.count()) / 1000.0, idle_ms);
+  std::printf(
+      "| process_event p50 / p99 / p99.9, 2 producers (ns) | %.0f / %.0f / %.0f | %.0f / %.0f / "
+      "%.0f | - | - | - | reported |\n",
+      lat_lib.p50, lat_lib.p99, lat_lib.p999, lat_mtx.p50, lat_mtx.p99, lat_mtx.p999);
+  std::printf(
+      "| idle CPU over %.1f s, max wait 5 ms (ms) | %.2f | - | - | - | - | <= 10 ms over 3 s |\n",
+      static_cast<double>(idle.count()) / 1000.0, idle_ms);
   std::printf("| allocations per event / per batch, sync | %.4f / %.3f | - | - | - | - | 0 / 0 |\n",
               sync_state.allocations_per_event, sync_state.allocations_per_batch);
-  std::printf("| allocations per event / per batch, async | %.4f / %.3f | - | - | - | - | 0 / 0 |\n",
-              async_state.allocations_per_event, async_state.allocations_per_batch);
-  std::printf("| voluntary context switches per batch, sync / async | %.2f / %.2f | - | - | - | - | reported |\n",
-              sync_state.voluntary_switches_per_batch, async_state.voluntary_switches_per_batch);
+  std::printf(
+      "| allocations per event / per batch, async | %.4f / %.3f | - | - | - | - | 0 / 0 |\n",
+      async_state.allocations_per_event, async_state.allocations_per_batch);
+  std::printf(
+      "| voluntary context switches per batch, sync / async | %.2f / %.2f | - | - | - | - | "
+      "reported |\n",
+      sync_state.voluntary_switches_per_batch, async_state.voluntary_switches_per_batch);
   return 0;
 }

@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
   }
   for (auto& t : requests) t.join();
   const bool clean = backend.shutdown();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   // Read the log back: every (user, seq) exactly once.
   std::ifstream in(path);
@@ -52,11 +53,12 @@ int main(int argc, char** argv) {
     ++lines;
     unsigned user = 0;
     unsigned long seq = 0;
-    if (std::sscanf(line.c_str(), "{\"user\":%u,\"seq\":%lu", &user, &seq) == 2) seen.insert({user, seq});
+    if (std::sscanf(line.c_str(), "{\"user\":%u,\"seq\":%lu", &user, &seq) == 2)
+      seen.insert({user, seq});
   }
   const buffered::Stats s = backend.stats();
-  std::printf("%s: %zu lines, %zu write+fdatasync calls, %.0f events/s durable\n", backend.name().c_str(),
-              lines, file.writes(), static_cast<double>(lines) / seconds);
+  std::printf("%s: %zu lines, %zu write+fdatasync calls, %.0f events/s durable\n",
+              backend.name().c_str(), lines, file.writes(), static_cast<double>(lines) / seconds);
   examples::print_stats(s);
   const std::size_t expected = kThreads * per_thread;
   if (!clean || lines != expected || seen.size() != expected) {

@@ -25,9 +25,11 @@ class SqliteSink {
  public:
   explicit SqliteSink(const std::string& path) {
     std::remove(path.c_str());
-    if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) throw std::runtime_error("sqlite3_open failed");
+    if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK)
+      throw std::runtime_error("sqlite3_open failed");
     exec("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL)");
-    if (sqlite3_prepare_v2(db_, "INSERT INTO events (id, body) VALUES (?, ?)", -1, &insert_, nullptr) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(db_, "INSERT INTO events (id, body) VALUES (?, ?)", -1, &insert_,
+                           nullptr) != SQLITE_OK) {
       throw std::runtime_error(sqlite3_errmsg(db_));
     }
   }
@@ -88,12 +90,14 @@ double run(const std::string& path, std::size_t max_batch, long long events) {
   {
     buffered::BufferedBackend<Row, SqliteSink&> backend(db, config);
     backend.run();
-    for (long long i = 0; i < events; ++i) backend.process_event(Row{i, "event " + std::to_string(i)});
+    for (long long i = 0; i < events; ++i)
+      backend.process_event(Row{i, "event " + std::to_string(i)});
     backend.shutdown();
     std::printf("%s, max_batch_size %zu:\n", backend.name().c_str(), max_batch);
     examples::print_stats(backend.stats());
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return db.count() == events ? static_cast<double>(events) / seconds : -1;
 }
 
@@ -104,8 +108,10 @@ int main(int argc, char** argv) {
   const long long events = argc > 2 ? std::stoll(argv[2]) : 20000;
   const double batched = run(path, 400, events);
   const double single = run(path, 1, std::max(100LL, events / 20));  // it is slow: fewer events
-  std::printf("batched (400): %.0f events/s; one per transaction: %.0f events/s; batching is %.1fx faster\n",
-              batched, single, batched / single);
+  std::printf(
+      "batched (400): %.0f events/s; one per transaction: %.0f events/s; batching is %.1fx "
+      "faster\n",
+      batched, single, batched / single);
   if (batched < 0 || single < 0) {
     std::printf("MISMATCH: the table does not hold every event exactly once\n");
     return 1;

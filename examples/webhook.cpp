@@ -55,9 +55,10 @@ class Webhook {
       examples::append_json(body, e);
     }
     body += ']';
-    const std::string request = "POST /audit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                                "Content-Length: " + std::to_string(body.size()) +
-                                "\r\nConnection: close\r\n\r\n" + body;
+    const std::string request =
+        "POST /audit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
     Socket s;
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -75,12 +76,14 @@ class Webhook {
     char reply[64] = {};
     ssize_t got = 0;
     while (got < 12) {  // "HTTP/1.x 200"
-      const ssize_t n = ::recv(s.fd(), reply + got, sizeof reply - 1 - static_cast<std::size_t>(got), 0);
+      const ssize_t n =
+          ::recv(s.fd(), reply + got, sizeof reply - 1 - static_cast<std::size_t>(got), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) throw std::runtime_error("no reply from the webhook");
       got += n;
     }
-    if (reply[9] != '2') throw std::runtime_error(std::string("webhook answered ") + std::string(reply, 12));
+    if (reply[9] != '2')
+      throw std::runtime_error(std::string("webhook answered ") + std::string(reply, 12));
   }
   std::string name() const { return "webhook:127.0.0.1:" + std::to_string(port_); }
 
@@ -92,7 +95,8 @@ class Webhook {
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr, "usage: buffered_webhook <port> <events> <events-per-second> <failed-ids-file>\n");
+    std::fprintf(stderr,
+                 "usage: buffered_webhook <port> <events> <events-per-second> <failed-ids-file>\n");
     return 2;
   }
   const auto port = static_cast<std::uint16_t>(std::stoi(argv[1]));
@@ -130,11 +134,13 @@ int main(int argc, char** argv) {
   for (unsigned long i = 0; i < events; ++i) {
     backend.process_event(examples::AuditEvent{1, i, "create"});
     if (i % 200 == 199) backend.flush(std::chrono::seconds(5));
-    std::this_thread::sleep_until(t0 + std::chrono::duration<double>(static_cast<double>(i + 1) / rate));
+    std::this_thread::sleep_until(t0 +
+                                  std::chrono::duration<double>(static_cast<double>(i + 1) / rate));
   }
   const auto s0 = std::chrono::steady_clock::now();
   const bool clean = backend.shutdown(std::chrono::seconds(20));
-  const double shutdown_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s0).count();
+  const double shutdown_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s0).count();
   std::printf("%s: shutdown took %.0f ms, %s\n", backend.name().c_str(), shutdown_ms,
               clean ? "nothing abandoned" : "some events abandoned");
   examples::print_stats(backend.stats());

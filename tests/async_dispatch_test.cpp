@@ -61,8 +61,8 @@ TEST(AsyncDispatch, AtMostMaxInFlightCallsOnAFixedPool) {
   EXPECT_TRUE(backend.shutdown());
   EXPECT_EQ(sink.events(), 40u);
   EXPECT_LE(sink.max_running(), 3);
-  EXPECT_GE(sink.max_running(), 2);   // it really does run calls side by side
-  EXPECT_LE(sink.thread_count(), 3u); // never a thread per batch
+  EXPECT_GE(sink.max_running(), 2);    // it really does run calls side by side
+  EXPECT_LE(sink.thread_count(), 3u);  // never a thread per batch
   EXPECT_EQ(backend.stats().batches, 40u);
 }
 

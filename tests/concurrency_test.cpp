@@ -43,7 +43,8 @@ TEST_P(Concurrency, ExactlyOnceAndPerProducerOrder) {
         if (sc.spans) {
           // Offer up to 8 at once; the refused tail is offered again (lossless).
           std::vector<Event> chunk;
-          for (std::uint64_t k = i; k < std::min(kPerProducer, i + 8); ++k) chunk.push_back(ev(k, p));
+          for (std::uint64_t k = i; k < std::min(kPerProducer, i + 8); ++k)
+            chunk.push_back(ev(k, p));
           const std::size_t n = backend.process_events(chunk);
           offered += chunk.size();  // refused ones count as offered and rejected
           i += n;
@@ -88,14 +89,15 @@ TEST_P(Concurrency, ExactlyOnceAndPerProducerOrder) {
   expect_accounting(backend.stats(), offered.load());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Modes, Concurrency,
-    ::testing::Values(Scenario{"sync", false, 1, true, false},
-                      Scenario{"sync_spans", false, 1, true, true},
-                      Scenario{"async_one_in_flight", true, 1, true, false},
-                      Scenario{"async_four_in_flight", true, 4, false, false},
-                      Scenario{"async_spans", true, 3, false, true}),
-    [](const ::testing::TestParamInfo<Scenario>& tpi) { return std::string(tpi.param.name); });
+INSTANTIATE_TEST_SUITE_P(Modes, Concurrency,
+                         ::testing::Values(Scenario{"sync", false, 1, true, false},
+                                           Scenario{"sync_spans", false, 1, true, true},
+                                           Scenario{"async_one_in_flight", true, 1, true, false},
+                                           Scenario{"async_four_in_flight", true, 4, false, false},
+                                           Scenario{"async_spans", true, 3, false, true}),
+                         [](const ::testing::TestParamInfo<Scenario>& tpi) {
+                           return std::string(tpi.param.name);
+                         });
 
 TEST(ConcurrencyStats, StatsMayBeReadWhileEventsFlow) {
   RecordingSink<> sink;

@@ -67,7 +67,7 @@ TEST(Flush, NotRunningReturnsAtOnce) {
   backend.run();
   EXPECT_TRUE(backend.flush());
   EXPECT_TRUE(backend.shutdown());
-  EXPECT_TRUE(backend.flush());  // after shutdown: nothing queued
+  EXPECT_TRUE(backend.flush());                   // after shutdown: nothing queued
   EXPECT_EQ(sink.flushed_at_events_.size(), 1u);  // only the running flush reached the delegate
 }
 

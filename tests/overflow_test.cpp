@@ -11,8 +11,9 @@ namespace {
 using namespace buffered_test;
 using Backend = buffered::BufferedBackend<Event, RecordingSink<>&>;
 
-buffered::BatchConfig overflow(std::size_t buffer, buffered::OverflowPolicy policy,
-                               std::chrono::nanoseconds block_timeout = std::chrono::nanoseconds::max()) {
+buffered::BatchConfig overflow(
+    std::size_t buffer, buffered::OverflowPolicy policy,
+    std::chrono::nanoseconds block_timeout = std::chrono::nanoseconds::max()) {
   buffered::BatchConfig c;
   c.buffer_size = buffer;
   c.max_batch_size = 10;

@@ -84,8 +84,8 @@ TEST(Reentrancy, FlushAndShutdownFromInsideTheDelegateDoNotDeadlock) {
     backend->run();
     for (std::uint64_t i = 0; i < 5; ++i) ASSERT_TRUE(backend->process_event(ev(i)));
     ASSERT_TRUE(eventually([&] { return shutdown_result.load() != -1; }));
-    EXPECT_EQ(flush_result.load(), 0);     // could not wait for itself
-    EXPECT_EQ(shutdown_result.load(), 0);  // started the shutdown, did not wait for itself
+    EXPECT_EQ(flush_result.load(), 0);             // could not wait for itself
+    EXPECT_EQ(shutdown_result.load(), 0);          // started the shutdown, did not wait for itself
     EXPECT_FALSE(backend->process_event(ev(99)));  // the shutdown did start
     auto destroyed = std::async(std::launch::async, [&] { backend.reset(); });
     ASSERT_EQ(destroyed.wait_for(kPatience), std::future_status::ready) << "async=" << async;

@@ -101,7 +101,7 @@ TEST_F(StalledProducer, ShutdownDrainsTheStalledEventOnceItIsPublished) {
   ASSERT_TRUE(eventually([] { return g_stalled.load(); }));
   auto done = std::async(std::launch::async, [&] { return backend.shutdown(); });
   EXPECT_EQ(done.wait_for(200ms), std::future_status::timeout);  // it waits for the claim
-  EXPECT_FALSE(backend.process_event(ev(99, 3)));                 // but refuses new events
+  EXPECT_FALSE(backend.process_event(ev(99, 3)));                // but refuses new events
   g_release = true;
   slow.join();
   ASSERT_EQ(done.wait_for(kPatience), std::future_status::ready);

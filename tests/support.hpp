@@ -11,8 +11,8 @@
 #include <thread>
 #include <vector>
 
-#include <buffered/buffered_backend.hpp>
 #include <gtest/gtest.h>
+#include <buffered/buffered_backend.hpp>
 
 namespace buffered_test {
 

@@ -80,8 +80,10 @@ TEST_F(TokenBucketManual, AcceptUntilGivesUpAtOnceWhenNoTokenCanComeInTime) {
 TEST(TokenBucket, RejectsInvalidArguments) {
   EXPECT_THROW(buffered::TokenBucket<>(0.0, 1), std::invalid_argument);
   EXPECT_THROW(buffered::TokenBucket<>(-1.0, 1), std::invalid_argument);
-  EXPECT_THROW(buffered::TokenBucket<>(std::numeric_limits<double>::quiet_NaN(), 1), std::invalid_argument);
-  EXPECT_THROW(buffered::TokenBucket<>(std::numeric_limits<double>::infinity(), 1), std::invalid_argument);
+  EXPECT_THROW(buffered::TokenBucket<>(std::numeric_limits<double>::quiet_NaN(), 1),
+               std::invalid_argument);
+  EXPECT_THROW(buffered::TokenBucket<>(std::numeric_limits<double>::infinity(), 1),
+               std::invalid_argument);
   EXPECT_THROW(buffered::TokenBucket<>(1.0, 0), std::invalid_argument);
 }
 

@@ -56,15 +56,16 @@ struct Throttle {
 struct BatchConfig {
   std::size_t buffer_size = 10000;   // events the buffer holds, exactly (not rounded up)
   std::size_t max_batch_size = 400;  // events per delegate call, at most; 1 = no batching
-  std::chrono::nanoseconds max_batch_wait = std::chrono::seconds(30);  // linger of a batch's oldest event
+  std::chrono::nanoseconds max_batch_wait =
+      std::chrono::seconds(30);                     // linger of a batch's oldest event
   std::optional<Throttle> throttle = std::nullopt;  // one token per batch, taken before dispatch
-  bool async_delegate = false;       // false: delegate runs on the worker thread
-  std::size_t max_in_flight = 4;     // async only: concurrent delegate calls, at most
+  bool async_delegate = false;                      // false: delegate runs on the worker thread
+  std::size_t max_in_flight = 4;  // async only: concurrent delegate calls, at most
   OverflowPolicy overflow = OverflowPolicy::drop_newest;
   std::chrono::nanoseconds block_timeout = std::chrono::nanoseconds::max();  // for block
 };
 
-struct Stats {                         // a snapshot; counters only grow
+struct Stats {                       // a snapshot; counters only grow
   std::uint64_t accepted;            // events taken into the buffer
   std::uint64_t rejected_full;       // events refused because the buffer was full
   std::uint64_t rejected_shut_down;  // events refused because the backend was shut down
@@ -80,11 +81,11 @@ struct Stats {                         // a snapshot; counters only grow
 // d(std::span<Event>), with a result that is void or convertible to bool (false = the batch
 // failed). Optional members, called when present: run(), shutdown(), flush(), name() const.
 template <class D, class Event>
-concept Sink =
-    (detail::HasProcessEvents<D, Event> &&
-     detail::SinkResult<decltype(std::declval<D&>().process_events(std::declval<std::span<Event>>()))>) ||
-    (!detail::HasProcessEvents<D, Event> && detail::CallableSink<D, Event> &&
-     detail::SinkResult<std::invoke_result_t<D&, std::span<Event>>>);
+concept Sink = (detail::HasProcessEvents<D, Event> &&
+                detail::SinkResult<decltype(std::declval<D&>().process_events(
+                    std::declval<std::span<Event>>()))>) ||
+               (!detail::HasProcessEvents<D, Event> && detail::CallableSink<D, Event> &&
+                detail::SinkResult<std::invoke_result_t<D&, std::span<Event>>>);
 
 // Wraps a slow sink (the delegate) with a bounded buffer and a batching worker.
 //
@@ -111,9 +112,10 @@ class BufferedBackend {
                 "its move constructor noexcept");
   static_assert(std::is_nothrow_destructible_v<Event>,
                 "BufferedBackend<Event, ...>: Event must be nothrow destructible");
-  static_assert(Sink<DelegateType, Event>,
-                "BufferedBackend<Event, Delegate>: Delegate must have process_events(std::span<Event>) "
-                "or be callable with std::span<Event>, returning void or something convertible to bool");
+  static_assert(
+      Sink<DelegateType, Event>,
+      "BufferedBackend<Event, Delegate>: Delegate must have process_events(std::span<Event>) "
+      "or be callable with std::span<Event>, returning void or something convertible to bool");
 
   using Clock = std::chrono::steady_clock;
   using Batch = std::vector<Event>;
@@ -285,9 +287,8 @@ class BufferedBackend {
       // queued ourselves, then wait (briefly: the worker is not in a delegate call if it holds
       // a batch) until the worker holds no undispatched batch.
       abandon_remaining();
-      completion_.wait_complete(std::nullopt, [this] {
-        return undispatched_.load(std::memory_order_acquire) == 0;
-      });
+      completion_.wait_complete(
+          std::nullopt, [this] { return undispatched_.load(std::memory_order_acquire) == 0; });
     }
     return ran_and_nothing_abandoned();
   }
@@ -331,16 +332,20 @@ class BufferedBackend {
     if (c.buffer_size > (std::size_t{1} << 40)) {
       throw invalid_argument("BatchConfig::buffer_size must be at most 2^40");
     }
-    if (c.max_batch_size == 0) throw invalid_argument("BatchConfig::max_batch_size must be at least 1");
+    if (c.max_batch_size == 0)
+      throw invalid_argument("BatchConfig::max_batch_size must be at least 1");
     if (c.max_batch_size > 1 && c.max_batch_wait <= std::chrono::nanoseconds::zero()) {
-      throw invalid_argument("BatchConfig::max_batch_wait must be positive when max_batch_size > 1");
+      throw invalid_argument(
+          "BatchConfig::max_batch_wait must be positive when max_batch_size > 1");
     }
-    if (c.max_in_flight == 0) throw invalid_argument("BatchConfig::max_in_flight must be at least 1");
+    if (c.max_in_flight == 0)
+      throw invalid_argument("BatchConfig::max_in_flight must be at least 1");
     if (c.throttle) {
       if (!(c.throttle->qps > 0) || !std::isfinite(c.throttle->qps)) {
         throw invalid_argument("BatchConfig::throttle.qps must be a positive, finite number");
       }
-      if (c.throttle->burst == 0) throw invalid_argument("BatchConfig::throttle.burst must be at least 1");
+      if (c.throttle->burst == 0)
+        throw invalid_argument("BatchConfig::throttle.burst must be at least 1");
     }
     if (c.overflow != OverflowPolicy::drop_newest && c.overflow != OverflowPolicy::block) {
       throw invalid_argument("BatchConfig::overflow is not an OverflowPolicy value");
@@ -381,8 +386,8 @@ class BufferedBackend {
   detail::PushResult offer_blocking(Args&&... args) {
     const auto deadline = detail::deadline_after(Clock::now(), config_.block_timeout);
     for (;;) {
-      const bool ready = space_.wait(
-          [this] { return ring_.closed() || !ring_.looks_full(); }, deadline);
+      const bool ready =
+          space_.wait([this] { return ring_.closed() || !ring_.looks_full(); }, deadline);
       std::uint64_t position = 0;
       // Nothing is moved from `args` unless the claim succeeds, so retrying is safe.
       const detail::PushResult result = ring_.try_emplace(position, std::forward<Args>(args)...);
@@ -406,7 +411,8 @@ class BufferedBackend {
 
   void refuse(detail::PushResult result, std::span<const Event> events) {
     const bool full = result == detail::PushResult::full;
-    (full ? rejected_full_ : rejected_shut_down_).fetch_add(events.size(), std::memory_order_relaxed);
+    (full ? rejected_full_ : rejected_shut_down_)
+        .fetch_add(events.size(), std::memory_order_relaxed);
     report(full ? ErrorKind::buffer_full : ErrorKind::shut_down, events);
   }
 
@@ -623,7 +629,8 @@ class BufferedBackend {
   std::unique_ptr<detail::DispatchPool<Batch>> pool_;
   Batch sync_batch_;
   detail::Completion completion_;
-  std::mutex consumer_mu_;  // who takes events out of the ring: the worker, or shutdown at its deadline
+  std::mutex
+      consumer_mu_;  // who takes events out of the ring: the worker, or shutdown at its deadline
 
   // Producer-side counters, on their own line.
   alignas(detail::kCacheLine) std::atomic<std::uint64_t> rejected_full_{0};
@@ -641,7 +648,7 @@ class BufferedBackend {
   std::atomic<Clock::rep> abandon_deadline_{kNoDeadline};
 
   mutable std::mutex life_mu_;
-  State state_ = State::idle;   // guarded by life_mu_
+  State state_ = State::idle;    // guarded by life_mu_
   bool worker_started_ = false;  // guarded by life_mu_
   std::thread worker_;
 };

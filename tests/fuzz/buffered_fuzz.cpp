@@ -66,10 +66,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   c.max_batch_wait = std::chrono::microseconds(in.byte() % 200);
   c.async_delegate = (in.byte() & 1) != 0;
   c.max_in_flight = in.byte() % 4;
-  c.overflow = (in.byte() & 1) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
+  c.overflow =
+      (in.byte() & 1) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
   c.block_timeout = std::chrono::microseconds(in.byte() % 100);  // bounded: an input never hangs
   const std::uint8_t throttle = in.byte();
-  if (throttle % 8 == 0) c.throttle = buffered::Throttle{100000.0, static_cast<std::size_t>(throttle % 4)};
+  if (throttle % 8 == 0)
+    c.throttle = buffered::Throttle{100000.0, static_cast<std::size_t>(throttle % 4)};
   const std::uint8_t fail_mask = in.byte();
 
   constexpr std::size_t kMaxEvents = 4096;
@@ -91,9 +93,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const Event& e : events) {
       switch (kind) {
         case buffered::ErrorKind::buffer_full:
-        case buffered::ErrorKind::shut_down: ledger.refused_reports[e.id]++; break;
-        case buffered::ErrorKind::delegate_failed: ledger.reported_failed[e.id]++; break;
-        case buffered::ErrorKind::abandoned: ledger.abandoned[e.id]++; break;
+        case buffered::ErrorKind::shut_down:
+          ledger.refused_reports[e.id]++;
+          break;
+        case buffered::ErrorKind::delegate_failed:
+          ledger.reported_failed[e.id]++;
+          break;
+        case buffered::ErrorKind::abandoned:
+          ledger.abandoned[e.id]++;
+          break;
       }
     }
   };
@@ -123,11 +131,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::uint8_t op = in.byte();
     switch (op % 8) {
       case 0:
-      case 1: offer_one(false); break;
-      case 2: offer_one(true); break;
+      case 1:
+        offer_one(false);
+        break;
+      case 2:
+        offer_one(true);
+        break;
       case 3: {
         std::vector<Event> span;
-        for (int k = 0; k < 1 + op / 8 % 8 && next_id < kMaxEvents; ++k) span.push_back(Event{next_id++});
+        for (int k = 0; k < 1 + op / 8 % 8 && next_id < kMaxEvents; ++k)
+          span.push_back(Event{next_id++});
         const std::size_t n = backend->process_events(span);
         for (std::size_t k = 0; k < span.size(); ++k) accepted.push_back(k < n);
         break;
@@ -139,10 +152,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           // run() after shutdown: refused, as documented.
         }
         break;
-      case 5: backend->flush(std::chrono::microseconds(in.byte() % 50)); break;
+      case 5:
+        backend->flush(std::chrono::microseconds(in.byte() % 50));
+        break;
       case 6:
-        if (op & 8) backend->shutdown(std::chrono::microseconds(in.byte() % 50));
-        else backend->shutdown();
+        if (op & 8)
+          backend->shutdown(std::chrono::microseconds(in.byte() % 50));
+        else
+          backend->shutdown();
         break;
       default: {
         const buffered::Stats s = backend->stats();
@@ -165,7 +182,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       ++n_accepted;
       require(done == 1, "an accepted event was not handled exactly once");
       require(ledger.refused_reports[id] == 0, "an accepted event was reported refused");
-      require(ledger.failed[id] == ledger.reported_failed[id], "a failed event was not reported once");
+      require(ledger.failed[id] == ledger.reported_failed[id],
+              "a failed event was not reported once");
     } else {
       ++n_refused;
       require(done == 0, "a refused event reached the delegate");

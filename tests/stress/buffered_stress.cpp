@@ -103,10 +103,14 @@ class Round {
         std::lock_guard<std::mutex> lock(delegate_rng_mu);
         std::uniform_real_distribution<double> u(0, 1);
         const double r = u(delegate_rng);
-        if (r < fault_rate * 0.3) fault = Fault::throws;
-        else if (r < fault_rate * 0.6) fault = Fault::returns_false;
-        else if (r < fault_rate * 0.9) fault = Fault::slow, nap = std::chrono::microseconds(delegate_rng() % 500);
-        else if (r < fault_rate) fault = Fault::blocks, nap = std::chrono::microseconds(2000 + delegate_rng() % 18000);
+        if (r < fault_rate * 0.3)
+          fault = Fault::throws;
+        else if (r < fault_rate * 0.6)
+          fault = Fault::returns_false;
+        else if (r < fault_rate * 0.9)
+          fault = Fault::slow, nap = std::chrono::microseconds(delegate_rng() % 500);
+        else if (r < fault_rate)
+          fault = Fault::blocks, nap = std::chrono::microseconds(2000 + delegate_rng() % 18000);
       }
       std::vector<std::uint64_t> ids;
       ids.reserve(batch.size());
@@ -130,13 +134,14 @@ class Round {
     };
     auto on_error = [&](buffered::ErrorKind kind, std::span<const Event> events) {
       std::lock_guard<std::mutex> lock(obs.mu);
-      auto& into = kind == buffered::ErrorKind::buffer_full      ? obs.reported_full
-                   : kind == buffered::ErrorKind::shut_down      ? obs.reported_shut_down
+      auto& into = kind == buffered::ErrorKind::buffer_full       ? obs.reported_full
+                   : kind == buffered::ErrorKind::shut_down       ? obs.reported_shut_down
                    : kind == buffered::ErrorKind::delegate_failed ? obs.reported_failed
-                                                                   : obs.reported_abandoned;
+                                                                  : obs.reported_abandoned;
       for (const Event& e : events) {
         ++into[e.id];
-        if (kind != buffered::ErrorKind::delegate_failed && e.payload != payload_for(e.id)) ++obs.bad_payloads;
+        if (kind != buffered::ErrorKind::delegate_failed && e.payload != payload_for(e.id))
+          ++obs.bad_payloads;
       }
     };
 
@@ -166,11 +171,14 @@ class Round {
               (backend.process_event(std::move(e)) ? accepted : refused)[p].push_back(id);
               ++seq;
             } else if (op < 95) {
-              const std::uint32_t n = std::min<std::uint32_t>(1 + static_cast<std::uint32_t>(prng() % 16), per_producer - seq);
+              const std::uint32_t n = std::min<std::uint32_t>(
+                  1 + static_cast<std::uint32_t>(prng() % 16), per_producer - seq);
               std::vector<Event> span;
-              for (std::uint32_t k = 0; k < n; ++k) span.push_back({make_id(p, seq + k), payload_for(make_id(p, seq + k))});
+              for (std::uint32_t k = 0; k < n; ++k)
+                span.push_back({make_id(p, seq + k), payload_for(make_id(p, seq + k))});
               const std::size_t taken = backend.process_events(span);
-              for (std::size_t k = 0; k < n; ++k) (k < taken ? accepted : refused)[p].push_back(span[k].id);
+              for (std::size_t k = 0; k < n; ++k)
+                (k < taken ? accepted : refused)[p].push_back(span[k].id);
               seq += n;
             } else {
               backend.flush(std::chrono::microseconds(prng() % 2000));
@@ -205,7 +213,8 @@ class Round {
         stats = backend.stats();
       }
     }
-    if (shutdown_style == 3) stats = buffered::Stats{};  // gone with the backend: checked below by observation only
+    if (shutdown_style == 3)
+      stats = buffered::Stats{};  // gone with the backend: checked below by observation only
 
     std::uint64_t v = 0;
     auto violation = [&](const std::string& what) {
@@ -220,23 +229,32 @@ class Round {
       for (std::uint64_t id : accepted[p]) {
         const int times = times_in(obs.delivered, id) + times_in(obs.failed_by_delegate, id) +
                           times_in(obs.reported_abandoned, id);
-        if (times != 1) violation("accepted id " + std::to_string(id) + " seen " + std::to_string(times) + " times");
+        if (times != 1)
+          violation("accepted id " + std::to_string(id) + " seen " + std::to_string(times) +
+                    " times");
         if (times_in(obs.failed_by_delegate, id) != times_in(obs.reported_failed, id)) {
           violation("failed id " + std::to_string(id) + " not reported exactly once");
         }
       }
       for (std::uint64_t id : refused[p]) {
         const int times = times_in(obs.reported_full, id) + times_in(obs.reported_shut_down, id);
-        if (times != 1) violation("refused id " + std::to_string(id) + " reported " + std::to_string(times) + " times");
-        if (times_in(obs.delivered, id) + times_in(obs.failed_by_delegate, id) + times_in(obs.reported_abandoned, id) != 0) {
+        if (times != 1)
+          violation("refused id " + std::to_string(id) + " reported " + std::to_string(times) +
+                    " times");
+        if (times_in(obs.delivered, id) + times_in(obs.failed_by_delegate, id) +
+                times_in(obs.reported_abandoned, id) !=
+            0) {
           violation("refused id " + std::to_string(id) + " was also accepted");
         }
       }
     }
     std::uint64_t reported_failed_total = 0;
-    for (const auto& [id, n] : obs.reported_failed) reported_failed_total += static_cast<std::uint64_t>(n);
-    if (reported_failed_total != obs.failed_by_delegate.size()) violation("delegate_failed reports do not match failed batches");
-    if (obs.bad_payloads != 0) violation(std::to_string(obs.bad_payloads) + " events arrived with a wrong payload");
+    for (const auto& [id, n] : obs.reported_failed)
+      reported_failed_total += static_cast<std::uint64_t>(n);
+    if (reported_failed_total != obs.failed_by_delegate.size())
+      violation("delegate_failed reports do not match failed batches");
+    if (obs.bad_payloads != 0)
+      violation(std::to_string(obs.bad_payloads) + " events arrived with a wrong payload");
 
     // Order: per producer across calls where promised, and inside every call.
     const bool ordered = !c.async_delegate || c.max_in_flight == 1;
@@ -249,7 +267,8 @@ class Round {
         if (seq <= in_call[p]) violation("order broken inside a batch");
         in_call[p] = seq;
         if (ordered) {
-          if (seq <= last[p]) violation("order broken across batches for producer " + std::to_string(p));
+          if (seq <= last[p])
+            violation("order broken across batches for producer " + std::to_string(p));
           last[p] = seq;
         }
       }
@@ -259,13 +278,18 @@ class Round {
     std::uint64_t delivered = obs.delivered.size(), failed = obs.failed_by_delegate.size(),
                   abandoned = obs.reported_abandoned.size();
     if (shutdown_style != 3) {
-      if (stats.accepted != n_accepted) violation("Stats.accepted " + std::to_string(stats.accepted) + " != " + std::to_string(n_accepted));
+      if (stats.accepted != n_accepted)
+        violation("Stats.accepted " + std::to_string(stats.accepted) +
+                  " != " + std::to_string(n_accepted));
       if (stats.delivered != delivered) violation("Stats.delivered mismatch");
       if (stats.failed != failed) violation("Stats.failed mismatch");
       if (stats.abandoned != abandoned) violation("Stats.abandoned mismatch");
-      if (stats.rejected_full != obs.reported_full.size()) violation("Stats.rejected_full mismatch");
-      if (stats.rejected_shut_down != obs.reported_shut_down.size()) violation("Stats.rejected_shut_down mismatch");
-      if (stats.accepted != stats.delivered + stats.failed + stats.abandoned) violation("accounting identity broken");
+      if (stats.rejected_full != obs.reported_full.size())
+        violation("Stats.rejected_full mismatch");
+      if (stats.rejected_shut_down != obs.reported_shut_down.size())
+        violation("Stats.rejected_shut_down mismatch");
+      if (stats.accepted != stats.delivered + stats.failed + stats.abandoned)
+        violation("accounting identity broken");
       if (stats.batches != obs.calls.size()) violation("Stats.batches mismatch");
       if (stats.queued != 0 || stats.in_flight != 0) violation("work left after shutdown");
     }
@@ -273,11 +297,13 @@ class Round {
 
     if (verbose_) {
       std::fprintf(stderr,
-                   "round seed=%" PRIu64 " producers=%u per=%u buffer=%zu batch=%zu async=%d inflight=%zu "
-                   "block=%d throttle=%d shutdown=%d accepted=%" PRIu64 " refused=%" PRIu64 " abandoned=%" PRIu64 "\n",
-                   seed_, producers, per_producer, c.buffer_size, c.max_batch_size, c.async_delegate,
-                   c.max_in_flight, c.overflow == buffered::OverflowPolicy::block, c.throttle.has_value(),
-                   shutdown_style, n_accepted, n_refused, abandoned);
+                   "round seed=%" PRIu64
+                   " producers=%u per=%u buffer=%zu batch=%zu async=%d inflight=%zu "
+                   "block=%d throttle=%d shutdown=%d accepted=%" PRIu64 " refused=%" PRIu64
+                   " abandoned=%" PRIu64 "\n",
+                   seed_, producers, per_producer, c.buffer_size, c.max_batch_size,
+                   c.async_delegate, c.max_in_flight, c.overflow == buffered::OverflowPolicy::block,
+                   c.throttle.has_value(), shutdown_style, n_accepted, n_refused, abandoned);
     }
     totals.rounds += 1;
     totals.offered += n_accepted + n_refused;
@@ -303,11 +329,14 @@ class Round {
     c.max_batch_wait = std::chrono::microseconds(pick(50, 20000));
     c.async_delegate = chance(0.5);
     c.max_in_flight = pick(1, 4);
-    c.overflow = chance(0.5) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
-    c.block_timeout = chance(0.5) ? std::chrono::nanoseconds::max()
-                                  : std::chrono::nanoseconds(std::chrono::microseconds(pick(0, 3000)));
+    c.overflow =
+        chance(0.5) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
+    c.block_timeout = chance(0.5)
+                          ? std::chrono::nanoseconds::max()
+                          : std::chrono::nanoseconds(std::chrono::microseconds(pick(0, 3000)));
     // Fast enough that an unbounded drain still ends within a second or so.
-    if (chance(0.15)) c.throttle = buffered::Throttle{static_cast<double>(pick(4000, 50000)), pick(1, 20)};
+    if (chance(0.15))
+      c.throttle = buffered::Throttle{static_cast<double>(pick(4000, 50000)), pick(1, 20)};
     return c;
   }
 
@@ -346,7 +375,8 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(100ms);
       const Clock::time_point started{Clock::duration(round_started.load())};
       if (Clock::now() - started > kRoundLimit) {
-        std::fprintf(stderr, "HANG: a round did not finish within %llds; rerun with --seed %" PRIu64 "\n",
+        std::fprintf(stderr,
+                     "HANG: a round did not finish within %llds; rerun with --seed %" PRIu64 "\n",
                      static_cast<long long>(kRoundLimit.count()), current_seed.load());
         std::fflush(stderr);
         std::_Exit(3);
@@ -370,7 +400,8 @@ int main(int argc, char** argv) {
   std::printf("buffered_stress: seed=%" PRIu64 " seconds=%.1f rounds=%" PRIu64 " offered=%" PRIu64
               " delivered=%" PRIu64 " failed=%" PRIu64 " abandoned=%" PRIu64 " refused=%" PRIu64
               " faults=%" PRIu64 " violations=%" PRIu64 "\n",
-              seed, std::chrono::duration<double>(Clock::now() - t0).count(), totals.rounds, totals.offered,
-              totals.delivered, totals.failed, totals.abandoned, totals.refused, totals.faults, totals.violations);
+              seed, std::chrono::duration<double>(Clock::now() - t0).count(), totals.rounds,
+              totals.offered, totals.delivered, totals.failed, totals.abandoned, totals.refused,
+              totals.faults, totals.violations);
   return totals.violations == 0 ? 0 : 1;
 }

@@ -89,7 +89,8 @@ class Completion {
   FlushResult wait_flushed(std::uint64_t target, std::optional<Clock::time_point> deadline) {
     std::unique_lock<std::mutex> lock(mu_);
     const auto settled = [&] { return first_abandoned_ < target || watermark() >= target; };
-    const bool ok = deadline ? cv_.wait_until(lock, *deadline, settled) : (cv_.wait(lock, settled), true);
+    const bool ok =
+        deadline ? cv_.wait_until(lock, *deadline, settled) : (cv_.wait(lock, settled), true);
     if (first_abandoned_ < target) return FlushResult::abandoned;
     return ok ? FlushResult::done : FlushResult::timed_out;
   }

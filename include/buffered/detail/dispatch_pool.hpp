@@ -126,9 +126,9 @@ class DispatchPool {
   const std::function<void()> slot_freed_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<Job> jobs_;   // FIFO; at most threads_ long
+  std::vector<Job> jobs_;  // FIFO; at most threads_ long
   std::vector<Batch> free_;
-  std::size_t busy_ = 0;    // submitted and not finished
+  std::size_t busy_ = 0;  // submitted and not finished
   bool submitter_waits_ = false;
   bool stopping_ = false;
   std::vector<std::thread> workers_;

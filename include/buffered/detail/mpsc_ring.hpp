@@ -60,7 +60,8 @@ class MpscRing {
     for (std::uint64_t i = 0; i < slot_count; ++i) {
       // The position of the previous lap that maps to slot i, marked as published: never equal
       // to "published for the current lap", whatever the initial position.
-      const std::uint64_t current = position_add(initial_position_, (i - initial_position_) & mask_);
+      const std::uint64_t current =
+          position_add(initial_position_, (i - initial_position_) & mask_);
       const std::uint64_t previous = (current - slot_count) & kPositionMask;
       slots_[i].sequence.store(position_add(previous, 1), std::memory_order_relaxed);
     }
@@ -158,7 +159,9 @@ class MpscRing {
   }
 
   // Any thread. Positions claimed so far (the closed flag masked off); seq_cst load.
-  std::uint64_t tail() const noexcept { return tail_.load(std::memory_order_seq_cst) & kPositionMask; }
+  std::uint64_t tail() const noexcept {
+    return tail_.load(std::memory_order_seq_cst) & kPositionMask;
+  }
   // Any thread. Positions the consumer has finished with; seq_cst load.
   std::uint64_t head() const noexcept { return head_.load(std::memory_order_seq_cst); }
   bool closed() const noexcept { return (tail_.load(std::memory_order_acquire) & kClosedBit) != 0; }

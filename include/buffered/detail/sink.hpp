@@ -10,7 +10,9 @@
 namespace buffered::detail {
 
 template <class D, class Event>
-concept HasProcessEvents = requires(D& d, std::span<Event> events) { d.process_events(events); };
+concept HasProcessEvents = requires(D& d, std::span<Event> events) {
+  d.process_events(events);
+};
 
 template <class D, class Event>
 concept CallableSink = std::invocable<D&, std::span<Event>>;
@@ -20,13 +22,21 @@ template <class R>
 concept SinkResult = std::is_void_v<R> || std::is_constructible_v<bool, R>;
 
 template <class D>
-concept HasRun = requires(D& d) { d.run(); };
+concept HasRun = requires(D& d) {
+  d.run();
+};
 template <class D>
-concept HasShutdown = requires(D& d) { d.shutdown(); };
+concept HasShutdown = requires(D& d) {
+  d.shutdown();
+};
 template <class D>
-concept HasFlush = requires(D& d) { d.flush(); };
+concept HasFlush = requires(D& d) {
+  d.flush();
+};
 template <class D>
-concept HasName = requires(const D& d) { std::string(d.name()); };
+concept HasName = requires(const D& d) {
+  std::string(d.name());
+};
 
 // Calls the delegate with a batch; returns false if it reported failure. Exceptions pass through.
 template <class D, class Event>
