@@ -108,39 +108,35 @@ void run_producers(int producers, std::uint64_t total, Produce produce) {
 
 // ---- workload 1: lossless throughput (events delivered per second) ----
 
-double lossless_library(int producers, std::uint64_t total) {
-  SumSink sink;
-  buffered::BufferedBackend<Event, SumSink&> backend(sink, bench_config());
-  backend.run();
+// Producers retry refused events until all `total` are in; the clock stops when the contender
+// has delivered them all. `contender` has process_event(const Event&) and flush().
+template <class Contender>
+double lossless(int producers, std::uint64_t total, Contender& contender, const SumSink& sink) {
   const auto t0 = Clock::now();
   run_producers(producers, total, [&](int, std::uint64_t n) {
     Event e{};
     e.v[0] = 1;
     for (std::uint64_t i = 0; i < n; ++i) {
-      while (!backend.process_event(e)) relax();
+      while (!contender.process_event(e)) relax();
     }
   });
-  backend.flush();
+  contender.flush();
   const double s = seconds_since(t0);
-  check(sink.delivered.load() == total && sink.sum.load() == total, "library lost events");
+  check(sink.delivered.load() == total && sink.sum.load() == total, "a contender lost events");
   return static_cast<double>(total) / s;
+}
+
+double lossless_library(int producers, std::uint64_t total) {
+  SumSink sink;
+  buffered::BufferedBackend<Event, SumSink&> backend(sink, bench_config());
+  backend.run();
+  return lossless(producers, total, backend, sink);
 }
 
 double lossless_mutex(int producers, std::uint64_t total) {
   SumSink sink;
   bench::MutexBatcher<Event, SumSink> batcher(sink, 10000, 400, 30s);
-  const auto t0 = Clock::now();
-  run_producers(producers, total, [&](int, std::uint64_t n) {
-    Event e{};
-    e.v[0] = 1;
-    for (std::uint64_t i = 0; i < n; ++i) {
-      while (!batcher.process_event(e)) relax();
-    }
-  });
-  batcher.flush();
-  const double s = seconds_since(t0);
-  check(sink.delivered.load() == total, "mutex batcher lost events");
-  return static_cast<double>(total) / s;
+  return lossless(producers, total, batcher, sink);
 }
 
 double lossless_spsc(std::uint64_t total) {

@@ -642,6 +642,9 @@ class BufferedBackend {
   std::atomic<std::uint64_t> batches_{0};
   std::atomic<std::size_t> in_flight_{0};
   std::atomic<std::size_t> undispatched_{0};  // events the worker holds outside any delegate call
+  // Memory ordering: shutdown() and flush() store these (release) and then signal the parker,
+  // whose mutex orders the store before the worker's next check; the worker loads them (acquire)
+  // after every wake-up, so a request is never missed by a parked worker.
   std::atomic<std::uint64_t> flush_target_{0};
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> abandoned_any_{false};
