@@ -80,6 +80,37 @@ TEST(ShutdownDeadline, ZeroTimeoutAbandonsEverythingQueued) {
   expect_accounting(s, 8);
 }
 
+// A deadline that passes while producers still stream: the shutdown caller takes the queue over
+// from the worker, and every event still ends up counted exactly once.
+TEST(ShutdownDeadline, ExpiredDeadlineWhileEventsStreamHandsTheQueueOverSafely) {
+  for (int round = 0; round < 20; ++round) {
+    std::atomic<std::uint64_t> delivered{0};
+    auto sink = [&](std::span<Event> batch) { delivered += batch.size(); };
+    ErrorLog<> errors;
+    buffered::BatchConfig c;
+    c.buffer_size = 256;
+    c.max_batch_size = 8;
+    c.max_batch_wait = 50us;
+    buffered::BufferedBackend<Event, decltype(sink)> backend(sink, c, errors.handler());
+    backend.run();
+    std::atomic<std::uint64_t> offered{0};
+    std::thread producer([&] {
+      for (std::uint64_t i = 0; i < 20000; ++i) {
+        offered = i + 1;
+        if (!backend.process_event(ev(i)) && backend.stats().rejected_shut_down > 0) return;
+      }
+    });
+    ASSERT_TRUE(eventually([&] { return delivered.load() > 0; }));
+    backend.shutdown(0ms);
+    producer.join();
+    backend.shutdown();
+    const auto s = backend.stats();
+    EXPECT_EQ(s.delivered, delivered.load());
+    EXPECT_EQ(errors.count(buffered::ErrorKind::abandoned), s.abandoned);
+    expect_accounting(s, offered.load());
+  }
+}
+
 TEST(ShutdownDeadline, GenerousDeadlineDeliversEverything) {
   RecordingSink<> sink;
   buffered::BatchConfig c;

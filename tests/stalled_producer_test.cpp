@@ -110,4 +110,33 @@ TEST_F(StalledProducer, ShutdownDrainsTheStalledEventOnceItIsPublished) {
   EXPECT_EQ(sink.events().back(), ev(10, 1));
 }
 
+// Regression (found by buffered_stress under ThreadSanitizer): when a shutdown deadline passes,
+// the shutdown caller takes what is queued out of the ring itself, while the worker, waiting for
+// the stalled slot, still looked at the ring's head without the lock that hand-over uses.
+TEST_F(StalledProducer, ShutdownDeadlinePassesWhileTheWorkerWaitsForTheStalledSlot) {
+  RecordingSink<> sink;
+  ErrorLog<> errors;
+  buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, config(), errors.handler());
+  backend.run();
+  std::thread slow([&] {
+    for (std::uint64_t i = 0; i <= 10; ++i) EXPECT_TRUE(backend.process_event(ev(i, 1)));
+  });
+  ASSERT_TRUE(eventually([] { return g_stalled.load(); }));
+  ASSERT_TRUE(eventually([&] { return sink.event_count() == 10; }));
+  std::thread release([] {
+    std::this_thread::sleep_for(150ms);
+    g_release = true;
+  });
+  EXPECT_FALSE(backend.shutdown(50ms));  // the stalled event is abandoned once it is published
+  release.join();
+  slow.join();
+  backend.shutdown();
+  EXPECT_EQ(sink.event_count(), 10u);
+  const auto abandoned = errors.entries();
+  ASSERT_EQ(abandoned.size(), 1u);
+  EXPECT_EQ(abandoned[0].first, buffered::ErrorKind::abandoned);
+  EXPECT_EQ(abandoned[0].second, std::vector<Event>{ev(10, 1)});
+  expect_accounting(backend.stats(), 11);
+}
+
 }  // namespace

@@ -452,11 +452,13 @@ class BufferedBackend {
     for (;;) {
       const bool was_empty = batch.empty();
       std::size_t taken = 0;
+      std::uint64_t head = 0;  // read under the lock: a shutdown past its deadline may move it
       {
         std::lock_guard<std::mutex> lock(consumer_mu_);
         if (was_empty) first = ring_.consumer_head();
         taken = ring_.pop_run(max_batch - batch.size(),
                               [&batch](Event&& e) { batch.push_back(std::move(e)); });
+        head = ring_.consumer_head();
         if (taken != 0) {
           undispatched_.store(batch.size(), std::memory_order_release);
           space_.notify_if_waiting();
@@ -478,7 +480,6 @@ class BufferedBackend {
         dispatch(batch, first);
         continue;
       }
-      const std::uint64_t head = ring_.consumer_head();
       const std::uint64_t tail = ring_.tail();
       if (batch.empty() && stop && tail == head) break;  // drained
       std::optional<Clock::time_point> wake_by;
