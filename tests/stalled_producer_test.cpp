@@ -45,6 +45,17 @@ class StalledProducer : public ::testing::Test {
   }
 };
 
+// Starts a producer that offers ev(0..10, 1); it stalls between claiming the slot of ev(10) and
+// publishing it until g_release. Returns once it is stalled.
+template <class Backend>
+std::thread stall_a_producer(Backend& backend) {
+  std::thread slow([&backend] {
+    for (std::uint64_t i = 0; i <= 10; ++i) EXPECT_TRUE(backend.process_event(ev(i, 1)));
+  });
+  EXPECT_TRUE(eventually([] { return g_stalled.load(); }));
+  return slow;
+}
+
 buffered::BatchConfig config() {
   buffered::BatchConfig c;
   c.buffer_size = 64;
@@ -58,10 +69,7 @@ TEST_F(StalledProducer, WorkerWaitsWithoutSpinningOthersAreRefusedNothingIsLost)
   ErrorLog<> errors;
   buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, config(), errors.handler());
   backend.run();
-  std::thread slow([&] {
-    for (std::uint64_t i = 0; i <= 10; ++i) ASSERT_TRUE(backend.process_event(ev(i, 1)));
-  });
-  ASSERT_TRUE(eventually([] { return g_stalled.load(); }));
+  std::thread slow = stall_a_producer(backend);
   ASSERT_TRUE(eventually([&] { return sink.event_count() == 10; }));  // all before the stall
 
   // Other producers: accepted until the buffer is full behind the stalled slot, then refused at
@@ -95,10 +103,7 @@ TEST_F(StalledProducer, ShutdownDrainsTheStalledEventOnceItIsPublished) {
   RecordingSink<> sink;
   buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, config());
   backend.run();
-  std::thread slow([&] {
-    for (std::uint64_t i = 0; i <= 10; ++i) EXPECT_TRUE(backend.process_event(ev(i, 1)));
-  });
-  ASSERT_TRUE(eventually([] { return g_stalled.load(); }));
+  std::thread slow = stall_a_producer(backend);
   auto done = std::async(std::launch::async, [&] { return backend.shutdown(); });
   EXPECT_EQ(done.wait_for(200ms), std::future_status::timeout);  // it waits for the claim
   EXPECT_FALSE(backend.process_event(ev(99, 3)));                // but refuses new events
@@ -118,10 +123,7 @@ TEST_F(StalledProducer, ShutdownDeadlinePassesWhileTheWorkerWaitsForTheStalledSl
   ErrorLog<> errors;
   buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, config(), errors.handler());
   backend.run();
-  std::thread slow([&] {
-    for (std::uint64_t i = 0; i <= 10; ++i) EXPECT_TRUE(backend.process_event(ev(i, 1)));
-  });
-  ASSERT_TRUE(eventually([] { return g_stalled.load(); }));
+  std::thread slow = stall_a_producer(backend);
   ASSERT_TRUE(eventually([&] { return sink.event_count() == 10; }));
   std::thread release([] {
     std::this_thread::sleep_for(150ms);
