@@ -297,7 +297,7 @@ class BufferedBackend {
   // flow the snapshot is not atomic as a whole. Thread-safe, lock-free, never blocks.
   Stats stats() const noexcept {
     Stats s{};
-    s.accepted = detail::position_distance(ring_.initial_position(), ring_.tail());
+    s.accepted = offset(ring_.tail());
     s.rejected_full = rejected_full_.load(std::memory_order_relaxed);
     s.rejected_shut_down = rejected_shut_down_.load(std::memory_order_relaxed);
     s.delivered = delivered_.load(std::memory_order_relaxed);

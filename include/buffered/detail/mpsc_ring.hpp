@@ -152,12 +152,6 @@ class MpscRing {
   // Consumer only: the next position to take.
   std::uint64_t consumer_head() const noexcept { return consumer_head_; }
 
-  // Consumer only: whether the element at the consumer's head has been published.
-  bool front_published() const noexcept {
-    return slots_[consumer_head_ & mask_].sequence.load(std::memory_order_acquire) ==
-           position_add(consumer_head_, 1);
-  }
-
   // Any thread. Positions claimed so far (the closed flag masked off); seq_cst load.
   std::uint64_t tail() const noexcept {
     return tail_.load(std::memory_order_seq_cst) & kPositionMask;
