@@ -1,6 +1,7 @@
 // Invalid configurations are refused by the constructor, naming the field.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
 
 #include "support.hpp"
@@ -77,8 +78,30 @@ TEST(ConfigValidation, ThrottleQpsAndBurst) {
   EXPECT_NE(rejection(c).find("throttle.qps"), std::string::npos);
   c.throttle = buffered::Throttle{10.0, 0};
   EXPECT_NE(rejection(c).find("throttle.burst"), std::string::npos);
+  c.throttle = buffered::Throttle{10.0, std::numeric_limits<std::size_t>::max()};
+  EXPECT_NE(rejection(c).find("throttle.burst"), std::string::npos);
   c.throttle = buffered::Throttle{10.0, 15};
   EXPECT_EQ(rejection(c), "");
+  c.throttle = buffered::Throttle{1e-12, 1};  // slow, but it works (see throttle_test)
+  EXPECT_EQ(rejection(c), "");
+}
+
+TEST(ConfigValidation, MaxInFlightBeyondWhatThreadsCanBe) {
+  buffered::BatchConfig c;
+  c.async_delegate = true;
+  c.max_in_flight = std::numeric_limits<std::size_t>::max();  // + 1 would wrap
+  EXPECT_NE(rejection(c).find("max_in_flight"), std::string::npos);
+  c.max_in_flight = 4097;
+  EXPECT_NE(rejection(c).find("max_in_flight"), std::string::npos);
+  c.max_in_flight = 4096;
+  EXPECT_EQ(rejection(c), "");
+}
+
+TEST(ConfigValidation, MaxBatchSizeAboveTheBufferIsAcceptedAndClamped) {
+  buffered::BatchConfig c;
+  c.buffer_size = 16;
+  c.max_batch_size = std::numeric_limits<std::size_t>::max();
+  EXPECT_EQ(rejection(c), "");  // batches hold at most buffer_size (batch_larger_than_buffer_test)
 }
 
 TEST(ConfigValidation, ConfigIsKeptAsGiven) {

@@ -71,4 +71,23 @@ TEST(Throttle, WaitingForATokenNeverOutlivesTheShutdownDeadline) {
   }
 }
 
+TEST(Throttle, ATinyRateParksTheWorkerInsteadOfSpinning) {
+  RecordingSink<> sink;
+  ErrorLog<> errors;
+  Backend backend(sink, throttled(1e-12, 1, false), errors.handler());
+  backend.run();
+  ASSERT_TRUE(backend.process_event(ev(1)));
+  ASSERT_TRUE(backend.process_event(ev(2)));
+  ASSERT_TRUE(eventually([&] { return sink.event_count() == 1; }));
+  const std::uint64_t before = context_switches();
+  std::this_thread::sleep_for(500ms);  // the worker waits for a token due in 31,700 years
+  EXPECT_LT(context_switches() - before, 200u) << "the worker re-parks in a loop";
+  EXPECT_EQ(sink.event_count(), 1u);
+  const auto t0 = Clock::now();
+  EXPECT_FALSE(backend.shutdown(50ms));
+  EXPECT_LT(Clock::now() - t0, 5s);
+  EXPECT_EQ(errors.count(buffered::ErrorKind::abandoned), 1u);
+  expect_accounting(backend.stats(), 2);
+}
+
 }  // namespace

@@ -77,6 +77,26 @@ TEST_F(TokenBucketManual, AcceptUntilGivesUpAtOnceWhenNoTokenCanComeInTime) {
   EXPECT_FALSE(bucket.accept_until(ManualClock::now() + 500ms));  // next one is 1 s away
 }
 
+TEST_F(TokenBucketManual, ATinyRateWaitsLongWithoutOverflow) {
+  buffered::TokenBucket<ManualClock> bucket(1e-12, 1);  // one token per 31,700 years
+  EXPECT_TRUE(bucket.try_accept());
+  const auto wait = bucket.try_accept_or_wait();
+  EXPECT_GT(wait, 24h * 365 * 30);  // a long, positive wait (capped), not an overflowed one
+  ManualClock::advance(24h * 365);
+  EXPECT_GT(bucket.try_accept_or_wait(), 24h * 365 * 29);
+  EXPECT_FALSE(bucket.accept_until(ManualClock::now() + 24h));  // gives up at once
+}
+
+TEST_F(TokenBucketManual, TheLargestBurstStillCountsSingleTokens) {
+  constexpr std::size_t kMax = std::size_t{1} << 53;
+  buffered::TokenBucket<ManualClock> bucket(1.0, kMax);
+  EXPECT_EQ(bucket.burst(), kMax);
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(bucket.try_accept());
+  ManualClock::advance(1h);  // refills back to the burst, no further
+  EXPECT_EQ(bucket.burst(), kMax);
+  EXPECT_TRUE(bucket.try_accept());
+}
+
 TEST(TokenBucket, RejectsInvalidArguments) {
   EXPECT_THROW(buffered::TokenBucket<>(0.0, 1), std::invalid_argument);
   EXPECT_THROW(buffered::TokenBucket<>(-1.0, 1), std::invalid_argument);
@@ -85,6 +105,10 @@ TEST(TokenBucket, RejectsInvalidArguments) {
   EXPECT_THROW(buffered::TokenBucket<>(std::numeric_limits<double>::infinity(), 1),
                std::invalid_argument);
   EXPECT_THROW(buffered::TokenBucket<>(1.0, 0), std::invalid_argument);
+  // Beyond 2^53 a double cannot count single tokens: refused, not silently wrong.
+  EXPECT_THROW(buffered::TokenBucket<>(1.0, (std::size_t{1} << 53) + 1), std::invalid_argument);
+  EXPECT_THROW(buffered::TokenBucket<>(1.0, std::numeric_limits<std::size_t>::max()),
+               std::invalid_argument);
 }
 
 TEST(TokenBucket, AcceptBlocksUntilATokenIsDue) {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <concepts>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -25,6 +26,7 @@
 #include "detail/completion.hpp"
 #include "detail/deadline.hpp"
 #include "detail/dispatch_pool.hpp"
+#include "detail/flush_gate.hpp"
 #include "detail/mpsc_ring.hpp"
 #include "detail/owner.hpp"
 #include "detail/parker.hpp"
@@ -75,6 +77,10 @@ struct Stats {                       // a snapshot; counters only grow
   std::uint64_t batches;             // delegate calls made
   std::size_t queued;                // events in the buffer now
   std::size_t in_flight;             // delegate calls running now
+  std::size_t pending;               // events taken from the buffer, not yet delivered, failed or
+                                     // abandoned: in a forming batch, waiting for a token or in a
+                                     // delegate call (after shutdown: only a call that outlived
+                                     // its deadline; they settle when it returns)
 };
 
 // D is a sink for Event if it has d.process_events(std::span<Event>) or is invocable as
@@ -96,12 +102,19 @@ concept Sink = (detail::HasProcessEvents<D, Event> &&
 // of `max_in_flight` threads (async). Every event offered is either delivered to the delegate
 // exactly once or reported to the error handler exactly once.
 //
-// Lifecycle: construct (validates the config; nothing runs) -> run() (starts the delegate, then
-// the threads) -> shutdown() (refuses new events, delivers everything queued, waits for delegate
+// Lifecycle: construct (validates the config, allocates the buffers; nothing runs) -> run()
+// (starts the delegate, then the threads; if that fails it is all undone and run() may be called
+// again) -> shutdown() (refuses new events, delivers everything queued, waits for delegate
 // calls, then calls delegate.shutdown()). Events may be offered before run(); they wait. The
 // destructor calls shutdown() with no deadline: it returns only once every accepted event has
 // been delivered, failed or abandoned and every delegate call has returned. A backend that never
 // ran reports its queued events as abandoned and calls no delegate member.
+//
+// Exceptions: only the constructor (std::invalid_argument for a bad config, std::bad_alloc) and
+// run() (what delegate.run() throws, std::bad_alloc, std::system_error when a thread cannot be
+// made, std::logic_error after shutdown) throw on their own; process_event(s) throw only what
+// copying an Event throws, flush() only what delegate.flush() throws. shutdown(), stats() and
+// the destructor never throw, and nothing after construction and run() allocates.
 //
 // `Delegate` may be a reference type: the backend then does not own the sink.
 template <class Event, class Delegate>
@@ -130,25 +143,27 @@ class BufferedBackend {
   using error_handler = std::function<void(ErrorKind, std::span<const Event>)>;
 
   // Validates `config` (throws std::invalid_argument naming the field) and allocates the buffer
-  // and the batch buffers. Starts no thread and calls no delegate member.
+  // and the batch buffers (std::bad_alloc reaches the caller). Starts no thread and calls no
+  // delegate member. A max_batch_size above buffer_size is accepted: a batch then holds at most
+  // buffer_size events (a full buffer is a full batch).
   explicit BufferedBackend(Delegate delegate, BatchConfig config = {}, error_handler on_error = {})
       : delegate_(std::forward<Delegate>(delegate)),
         config_(validated(config)),
         on_error_(std::move(on_error)),
+        max_batch_(std::min(config_.max_batch_size, config_.buffer_size)),
         ring_(config_.buffer_size, detail::test_hooks::start_position()),
         completion_(config_.async_delegate ? config_.max_in_flight : 0) {
     if (config_.throttle) bucket_.emplace(config_.throttle->qps, config_.throttle->burst);
-    const std::size_t reserve = std::min(config_.max_batch_size, config_.buffer_size);
     if (config_.async_delegate) {
       pool_ = std::make_unique<detail::DispatchPool<Batch>>(
-          config_.max_in_flight, reserve,
+          config_.max_in_flight, max_batch_,
           [this](Batch& batch, std::uint64_t first) {
             deliver(batch);
             completion_.batch_finished(offset(first));
           },
           [this] { parker_.signal(); });
     } else {
-      sync_batch_.reserve(reserve);
+      sync_batch_.reserve(max_batch_);
     }
   }
 
@@ -162,20 +177,51 @@ class BufferedBackend {
   }
 
   // Calls delegate.run() if present, then starts the worker (and the async dispatch threads).
-  // A second call is a no-op. After shutdown() it throws std::logic_error. Thread-safe; blocks
-  // only on the lifecycle mutex; allocates the threads. Exceptions from delegate.run() reach the
-  // caller and leave the backend not running.
+  // A second call is a no-op; one made while another is starting waits for it. After shutdown()
+  // it throws std::logic_error. Thread-safe. delegate.run() is called without any lock held, so
+  // flush(), shutdown() and stats() from other threads (or from delegate.run() itself) do not
+  // wait for it. Allocates the threads.
+  // If anything fails (delegate.run() throws, std::bad_alloc, std::system_error when a thread
+  // cannot be made) the exception reaches the caller and the backend is as before the call: the
+  // threads already made are joined, delegate.shutdown() is called if delegate.run() had
+  // returned, and run() may be called again. If shutdown() was called meanwhile, the queued
+  // events are then abandoned as for a backend that never ran.
   void run() {
-    std::lock_guard<std::mutex> lock(life_mu_);
-    if (state_ == State::running) return;
-    if (state_ == State::stopped) {
-      throw std::logic_error("BufferedBackend::run: the backend has been shut down");
+    {
+      std::unique_lock<std::mutex> lock(life_mu_);
+      if (start_ == Start::starting && on_own_thread()) return;  // from inside delegate.run()
+      life_cv_.wait(lock, [this] { return start_ != Start::starting; });
+      if (shut_) throw std::logic_error("BufferedBackend::run: the backend has been shut down");
+      if (start_ == Start::started) return;
+      start_ = Start::starting;
     }
-    if constexpr (detail::HasRun<DelegateType>) delegate_.run();
-    if (pool_) pool_->start([this] { detail::current_owner = this; });
-    worker_ = std::thread([this] { worker_main(); });
-    worker_started_ = true;
-    state_ = State::running;
+    bool delegate_ran = false;
+    try {
+      if constexpr (detail::HasRun<DelegateType>) {
+        const detail::OwnerScope scope(this);
+        delegate_.run();
+      }
+      delegate_ran = true;
+      if (pool_) pool_->start([this] { detail::current_owner = this; });
+      worker_ = std::thread([this] { worker_main(); });
+    } catch (...) {
+      if (pool_) pool_->stop_and_join();  // no job was submitted: its threads just end
+      if (delegate_ran) shutdown_delegate();
+      bool shut = false;
+      {
+        std::lock_guard<std::mutex> lock(life_mu_);
+        start_ = Start::idle;
+        shut = shut_;
+      }
+      life_cv_.notify_all();
+      if (shut) finish_never_run();  // a shutdown() waits for this
+      throw;
+    }
+    {
+      std::lock_guard<std::mutex> lock(life_mu_);
+      start_ = Start::started;
+    }
+    life_cv_.notify_all();
   }
 
   // Offers copies of `events`, in order. Returns how many were accepted; stops at the first
@@ -221,31 +267,35 @@ class BufferedBackend {
 
   // Blocks until every event accepted before the call has been delivered or failed (the partial
   // batch goes at once), then calls delegate.flush() if present (on this thread) and returns
-  // true. Returns false at `timeout`, or if some of those events were abandoned by a shutdown
-  // meanwhile. On a backend that is not running (before run(), after shutdown completed) it
-  // returns at once: true if none of those events is still queued. Called from inside the
-  // delegate or the error handler it only requests the flush and returns false. Thread-safe;
-  // never allocates; exceptions from delegate.flush() propagate.
+  // true. Returns false at `timeout`, or if some of those events were abandoned by a shutdown.
+  // Returns at once, true only if every one of those events is already delivered or failed, when
+  // the backend is not running: before run(), after shutdown() completed, or once a shutdown
+  // deadline has passed. delegate.flush() is never called once delegate.shutdown() has started
+  // (flush() then returns true without it: the delegate is being shut down, which flushes it).
+  // Called from inside the delegate or the error handler it only requests the flush and returns
+  // false. Thread-safe; never allocates; exceptions from delegate.flush() propagate.
   bool flush(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
     const std::uint64_t target = offset(ring_.tail());
-    bool started = false;
-    {
-      std::lock_guard<std::mutex> lock(life_mu_);
-      started = worker_started_;
+    if (!started() || completion_.complete() || (stopping() && past_abandon_deadline())) {
+      return completion_.flushed(target);
     }
-    if (!started) return offset(ring_.head()) >= target;
-    if (completion_.complete()) return true;
     std::uint64_t wanted = flush_target_.load(std::memory_order_relaxed);
     while (wanted < target &&
            !flush_target_.compare_exchange_weak(wanted, target, std::memory_order_release)) {
     }
     parker_.signal();
     if (on_own_thread()) return false;
-    if (completion_.wait_flushed(target, deadline) != detail::Completion::FlushResult::done) {
-      return false;
+    const auto result = completion_.wait_flushed(
+        target, deadline, [this] { return stopping() && past_abandon_deadline(); });
+    if (result != detail::Completion::FlushResult::done) return false;
+    if constexpr (detail::HasFlush<DelegateType>) {
+      const detail::FlushPass pass(flush_gate_);
+      if (pass) {
+        const detail::OwnerScope scope(this);
+        delegate_.flush();
+      }
     }
-    if constexpr (detail::HasFlush<DelegateType>) delegate_.flush();
     return true;
   }
 
@@ -253,18 +303,22 @@ class BufferedBackend {
   // then calls delegate.shutdown() once. Idempotent; any number of threads may call it at once
   // (the earliest deadline applies to all). At a finite deadline, events still queued are
   // reported as abandoned and the call returns; a delegate call still running then cannot be
-  // interrupted, and the destructor waits for it. Returns true when nothing was abandoned (and
-  // false for a backend that never ran). Called from inside the delegate or the error handler it
-  // starts the shutdown and returns false without waiting. Thread-safe; blocks as described.
-  bool shutdown(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
+  // interrupted: its events stay `pending` until it returns, delegate.shutdown() is called after
+  // it, and the destructor waits for that. Returns true when every accepted event was delivered
+  // or failed by the time it returns: false if any was abandoned, if a delegate call outlived the
+  // deadline, or for a backend that never ran. Called from inside the delegate or the error
+  // handler it starts the shutdown and returns false without waiting. Thread-safe; never throws,
+  // never allocates (abandoned events are reported in batches when a buffer for them can be had,
+  // otherwise one by one); blocks as described.
+  bool shutdown(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) noexcept {
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
     bool abandon_here = false;
     {
       std::lock_guard<std::mutex> lock(life_mu_);
-      if (state_ != State::stopped) {
+      if (!shut_) {
+        shut_ = true;
         ring_.close();
-        abandon_here = !worker_started_;
-        state_ = State::stopped;
+        abandon_here = start_ == Start::idle;  // while starting, run() finishes the job
         stop_requested_.store(true, std::memory_order_release);
       }
       if (deadline) {
@@ -276,21 +330,23 @@ class BufferedBackend {
     }
     space_.notify_all();  // blocked producers: refused with shut_down
     if (abandon_here) {
-      abandon_remaining();
-      completion_.mark_complete(offset(ring_.tail()));
+      finish_never_run();
       return false;
     }
     parker_.signal();
+    completion_.notify();  // flush() callers: a deadline may have come
     if (on_own_thread()) return false;
     if (!completion_.wait_complete(deadline, [] { return false; })) {
-      // The worker may be inside a delegate call that outlives the deadline: take what is still
-      // queued ourselves, then wait (briefly: the worker is not in a delegate call if it holds
-      // a batch) until the worker holds no undispatched batch.
+      // The worker may be inside a delegate call that outlives the deadline (or not started
+      // yet): take what is still queued ourselves, then wait (briefly: the worker is not in a
+      // delegate call if it holds a batch) until the worker holds no undispatched batch.
       abandon_remaining();
       completion_.wait_complete(
           std::nullopt, [this] { return undispatched_.load(std::memory_order_acquire) == 0; });
     }
-    return ran_and_nothing_abandoned();
+    return worker_ran_.load(std::memory_order_acquire) &&
+           !abandoned_any_.load(std::memory_order_acquire) &&
+           pending_.load(std::memory_order_acquire) == 0;
   }
 
   // A snapshot of the counters. Each is exact; they are read one after another, so while events
@@ -306,6 +362,7 @@ class BufferedBackend {
     s.batches = batches_.load(std::memory_order_relaxed);
     s.queued = ring_.size();
     s.in_flight = in_flight_.load(std::memory_order_relaxed);
+    s.pending = pending_.load(std::memory_order_relaxed);
     return s;
   }
 
@@ -324,7 +381,10 @@ class BufferedBackend {
   const BatchConfig& config() const noexcept { return config_; }
 
  private:
-  enum class State { idle, running, stopped };
+  enum class Start { idle, starting, started };
+
+  // The largest thread pool a config may ask for.
+  static constexpr std::size_t kMaxInFlight = 4096;
 
   static BatchConfig validated(BatchConfig c) {
     using std::invalid_argument;
@@ -340,12 +400,17 @@ class BufferedBackend {
     }
     if (c.max_in_flight == 0)
       throw invalid_argument("BatchConfig::max_in_flight must be at least 1");
+    if (c.max_in_flight > kMaxInFlight) {
+      throw invalid_argument("BatchConfig::max_in_flight must be at most 4096 (threads)");
+    }
     if (c.throttle) {
       if (!(c.throttle->qps > 0) || !std::isfinite(c.throttle->qps)) {
         throw invalid_argument("BatchConfig::throttle.qps must be a positive, finite number");
       }
       if (c.throttle->burst == 0)
         throw invalid_argument("BatchConfig::throttle.burst must be at least 1");
+      if (c.throttle->burst > TokenBucket<Clock>::kMaxBurst)
+        throw invalid_argument("BatchConfig::throttle.burst must be at most 2^53");
     }
     if (c.overflow != OverflowPolicy::drop_newest && c.overflow != OverflowPolicy::block) {
       throw invalid_argument("BatchConfig::overflow is not an OverflowPolicy value");
@@ -360,9 +425,26 @@ class BufferedBackend {
 
   bool on_own_thread() const noexcept { return detail::current_owner == this; }
 
-  bool ran_and_nothing_abandoned() const {
+  bool started() const {
     std::lock_guard<std::mutex> lock(life_mu_);
-    return worker_started_ && !abandoned_any_.load(std::memory_order_acquire);
+    return start_ == Start::started;
+  }
+
+  // Shutdown of a backend whose threads never ran: everything queued is abandoned.
+  void finish_never_run() noexcept {
+    abandon_remaining();
+    completion_.mark_complete(offset(ring_.tail()));
+  }
+
+  void shutdown_delegate() noexcept {
+    if constexpr (detail::HasShutdown<DelegateType>) {
+      const detail::OwnerScope scope(this);
+      try {
+        delegate_.shutdown();
+      } catch (...) {
+        // Nothing is left to report it with: every event is already accounted for.
+      }
+    }
   }
 
   // ---- producer side ----
@@ -443,9 +525,10 @@ class BufferedBackend {
   bool stopping() const noexcept { return stop_requested_.load(std::memory_order_acquire); }
 
   void worker_main() {
+    worker_ran_.store(true, std::memory_order_release);
     const detail::OwnerScope scope(this);
     Batch batch = pool_ ? pool_->take_buffer() : std::move(sync_batch_);
-    const std::size_t max_batch = config_.max_batch_size;
+    const std::size_t max_batch = max_batch_;
     std::uint64_t first = 0;  // ring position of batch.front()
     Clock::time_point linger_deadline{};
     detail::Backoff backoff;
@@ -460,6 +543,7 @@ class BufferedBackend {
                               [&batch](Event&& e) { batch.push_back(std::move(e)); });
         head = ring_.consumer_head();
         if (taken != 0) {
+          pending_.fetch_add(taken, std::memory_order_relaxed);
           undispatched_.store(batch.size(), std::memory_order_release);
           space_.notify_if_waiting();
         }
@@ -499,13 +583,8 @@ class BufferedBackend {
       parker_.disarm();
     }
     if (pool_) pool_->stop_and_join();
-    if constexpr (detail::HasShutdown<DelegateType>) {
-      try {
-        delegate_.shutdown();
-      } catch (...) {
-        // Nothing is left to report it with: every event is already accounted for.
-      }
-    }
+    flush_gate_.close_and_wait();  // no delegate.flush() from here on
+    shutdown_delegate();
     completion_.mark_complete(offset(ring_.tail()));
   }
 
@@ -572,6 +651,7 @@ class BufferedBackend {
         report(ErrorKind::delegate_failed, events);
       }
     }
+    pending_.fetch_sub(n, std::memory_order_release);
     in_flight_.fetch_sub(1, std::memory_order_relaxed);
   }
 
@@ -582,37 +662,59 @@ class BufferedBackend {
     completion_.abandoning_from(offset(first));
     abandoned_.fetch_add(n, std::memory_order_relaxed);
     report(ErrorKind::abandoned, batch);
+    pending_.fetch_sub(n, std::memory_order_release);
     batch.clear();
     undispatched_.store(0, std::memory_order_release);
     completion_.batch_done(offset(first) + n);
   }
 
   // Reports everything still in the (closed) ring as abandoned. Any thread; serialized with the
-  // worker's consumption by consumer_mu_. Allocates a chunk buffer (shutdown path only).
-  void abandon_remaining() {
-    std::lock_guard<std::mutex> lock(consumer_mu_);
-    const std::uint64_t end = ring_.tail();
-    const std::uint64_t head = ring_.consumer_head();
-    if (head == end) return;
-    abandoned_any_.store(true, std::memory_order_release);
-    completion_.abandoning_from(offset(head));
-    const std::size_t chunk_size = static_cast<std::size_t>(
-        std::min<std::uint64_t>(config_.max_batch_size, detail::position_distance(head, end)));
-    Batch chunk;
-    chunk.reserve(chunk_size);
-    detail::Backoff backoff;
-    while (ring_.consumer_head() != end) {
-      const std::size_t n = ring_.pop_run(chunk_size - chunk.size(),
-                                          [&chunk](Event&& e) { chunk.push_back(std::move(e)); });
-      if (n == 0 && chunk.empty()) {
-        backoff.pause(std::nullopt);  // a producer between claim and publish
-        continue;
-      }
-      backoff.reset();
-      if (chunk.size() == chunk_size || n == 0 || ring_.consumer_head() == end) {
-        abandoned_.fetch_add(chunk.size(), std::memory_order_relaxed);
-        report(ErrorKind::abandoned, chunk);
-        chunk.clear();
+  // worker's consumption by consumer_mu_. Reports in chunks of up to a batch, in a buffer it
+  // allocates; if that allocation fails it reports one event at a time instead, so it never
+  // throws and nothing goes unreported.
+  void abandon_remaining() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(consumer_mu_);
+      const std::uint64_t end = ring_.tail();
+      const std::uint64_t head = ring_.consumer_head();
+      if (head != end) {
+        abandoned_any_.store(true, std::memory_order_release);
+        completion_.abandoning_from(offset(head));
+        Batch chunk;
+        std::size_t chunk_size = static_cast<std::size_t>(
+            std::min<std::uint64_t>(max_batch_, detail::position_distance(head, end)));
+        try {
+          chunk.reserve(chunk_size);
+        } catch (...) {
+          chunk_size = 0;  // out of memory: one by one, through `single`
+        }
+        std::optional<Event> single;
+        detail::Backoff backoff;
+        while (ring_.consumer_head() != end) {
+          std::size_t n = 0;
+          if (chunk_size == 0) {
+            n = ring_.pop_run(1, [&single](Event&& e) { single.emplace(std::move(e)); });
+            if (n != 0) {
+              abandoned_.fetch_add(1, std::memory_order_relaxed);
+              report(ErrorKind::abandoned, std::span<const Event>(&*single, 1));
+              single.reset();
+            }
+          } else {
+            n = ring_.pop_run(chunk_size - chunk.size(),
+                              [&chunk](Event&& e) { chunk.push_back(std::move(e)); });
+            if (!chunk.empty() &&
+                (chunk.size() == chunk_size || n == 0 || ring_.consumer_head() == end)) {
+              abandoned_.fetch_add(chunk.size(), std::memory_order_relaxed);
+              report(ErrorKind::abandoned, chunk);
+              chunk.clear();
+            }
+          }
+          if (n == 0) {
+            backoff.pause(std::nullopt);  // a producer between claim and publish
+          } else {
+            backoff.reset();
+          }
+        }
       }
     }
     completion_.notify();
@@ -623,6 +725,7 @@ class BufferedBackend {
   Delegate delegate_;
   const BatchConfig config_;
   const error_handler on_error_;
+  const std::size_t max_batch_;  // max_batch_size, at most buffer_size
   detail::MpscRing<Event> ring_;
   detail::Parker parker_;
   detail::SpaceWaiters space_;
@@ -643,17 +746,22 @@ class BufferedBackend {
   std::atomic<std::uint64_t> batches_{0};
   std::atomic<std::size_t> in_flight_{0};
   std::atomic<std::size_t> undispatched_{0};  // events the worker holds outside any delegate call
+  std::atomic<std::size_t> pending_{0};       // taken from the ring, not yet settled
   // Memory ordering: shutdown() and flush() store these (release) and then signal the parker,
   // whose mutex orders the store before the worker's next check; the worker loads them (acquire)
   // after every wake-up, so a request is never missed by a parked worker.
   std::atomic<std::uint64_t> flush_target_{0};
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> abandoned_any_{false};
+  std::atomic<bool> worker_ran_{false};  // set by the worker itself: run() may still be returning
   std::atomic<Clock::rep> abandon_deadline_{kNoDeadline};
 
+  detail::FlushGate flush_gate_;
+
   mutable std::mutex life_mu_;
-  State state_ = State::idle;    // guarded by life_mu_
-  bool worker_started_ = false;  // guarded by life_mu_
+  std::condition_variable life_cv_;  // run() callers wait here while another one is starting
+  Start start_ = Start::idle;        // guarded by life_mu_
+  bool shut_ = false;                // guarded by life_mu_: shutdown() was called
   std::thread worker_;
 };
 

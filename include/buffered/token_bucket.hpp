@@ -23,13 +23,19 @@ class TokenBucket {
   using time_point = typename Clock::time_point;
   using duration = typename Clock::duration;
 
-  // Throws std::invalid_argument if qps is not a positive finite number or burst is 0.
+  // The largest burst: tokens are counted in a double, which counts single tokens exactly only
+  // up to 2^53.
+  static constexpr std::size_t kMaxBurst = std::size_t{1} << 53;
+
+  // Throws std::invalid_argument if qps is not a positive finite number or burst is not in
+  // [1, kMaxBurst]. Any positive qps works: a tiny one just means long waits.
   TokenBucket(double qps, std::size_t burst)
-      : qps_(qps), burst_(static_cast<double>(burst)), tokens_(static_cast<double>(burst)) {
+      : qps_(qps), burst_(burst), tokens_(static_cast<double>(burst)) {
     if (!(qps > 0) || !std::isfinite(qps)) {
       throw std::invalid_argument("TokenBucket: qps must be a positive, finite number");
     }
     if (burst == 0) throw std::invalid_argument("TokenBucket: burst must be at least 1");
+    if (burst > kMaxBurst) throw std::invalid_argument("TokenBucket: burst must be at most 2^53");
     last_ = Clock::now();
   }
 
@@ -40,7 +46,9 @@ class TokenBucket {
   bool try_accept() { return try_accept_or_wait() == duration::zero(); }
 
   // Takes a token if one is there now and returns zero; otherwise takes nothing and returns how
-  // long until one will be (at least one tick). Never blocks (beyond the internal mutex).
+  // long until one will be: at least one tick, and at most kMaxWait (ask again then: a rate so
+  // low that the next token is further away than that is still honoured, in steps). Never
+  // blocks (beyond the internal mutex).
   duration try_accept_or_wait() {
     std::lock_guard<std::mutex> lock(mu_);
     refill(Clock::now());
@@ -48,8 +56,11 @@ class TokenBucket {
       tokens_ -= 1.0;
       return duration::zero();
     }
-    const std::chrono::duration<double> missing((1.0 - tokens_) / qps_);
-    return std::max(std::chrono::ceil<duration>(missing), duration(1));
+    // In double seconds first: with a tiny qps the wait does not fit in `duration` (converting
+    // it would overflow, which is undefined behaviour).
+    const double missing = std::min((1.0 - tokens_) / qps_, kMaxWait.count());
+    return std::max(std::chrono::ceil<duration>(std::chrono::duration<double>(missing)),
+                    duration(1));
   }
 
   // Blocks (sleeping) until a token is taken.
@@ -75,18 +86,23 @@ class TokenBucket {
   }
 
   double qps() const noexcept { return qps_; }
-  std::size_t burst() const noexcept { return static_cast<std::size_t>(burst_); }
+  std::size_t burst() const noexcept { return burst_; }
+
+  // The longest wait try_accept_or_wait() reports: about 31 years, or a quarter of what
+  // `duration` can hold if that is less, so that now() + wait cannot overflow either.
+  static constexpr std::chrono::duration<double> kMaxWait{
+      std::min(1e9, std::chrono::duration<double>(duration::max()).count() / 4)};
 
  private:
   void refill(time_point now) {
     if (now <= last_) return;  // a clock that stood still or stepped back adds nothing
     const std::chrono::duration<double> elapsed = now - last_;
-    tokens_ = std::min(burst_, tokens_ + elapsed.count() * qps_);
+    tokens_ = std::min(static_cast<double>(burst_), tokens_ + elapsed.count() * qps_);
     last_ = now;
   }
 
   const double qps_;
-  const double burst_;
+  const std::size_t burst_;
   std::mutex mu_;
   double tokens_;
   time_point last_;

@@ -85,14 +85,29 @@ class Completion {
     return complete_;
   }
 
-  // Blocks until every event below `target` is done, or one of them was abandoned, or deadline.
-  FlushResult wait_flushed(std::uint64_t target, std::optional<Clock::time_point> deadline) {
+  // Every event below `target` is done and none of them was abandoned. Never blocks (the mutex
+  // aside).
+  bool flushed(std::uint64_t target) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return first_abandoned_ >= target && watermark() >= target;
+  }
+
+  // Blocks until every event below `target` is done, or one of them was abandoned, or `stop()`
+  // holds (checked whenever waiters are woken), or the deadline.
+  template <class Stop>
+  FlushResult wait_flushed(std::uint64_t target, std::optional<Clock::time_point> deadline,
+                           Stop stop) {
     std::unique_lock<std::mutex> lock(mu_);
-    const auto settled = [&] { return first_abandoned_ < target || watermark() >= target; };
-    const bool ok =
-        deadline ? cv_.wait_until(lock, *deadline, settled) : (cv_.wait(lock, settled), true);
+    const auto settled = [&] {
+      return first_abandoned_ < target || watermark() >= target || stop();
+    };
+    if (deadline) {
+      cv_.wait_until(lock, *deadline, settled);
+    } else {
+      cv_.wait(lock, settled);
+    }
     if (first_abandoned_ < target) return FlushResult::abandoned;
-    return ok ? FlushResult::done : FlushResult::timed_out;
+    return watermark() >= target ? FlushResult::done : FlushResult::timed_out;
   }
 
   // Blocks until mark_complete() or `also()` (checked whenever waiters are woken) or deadline.

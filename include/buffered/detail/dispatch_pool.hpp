@@ -17,8 +17,8 @@ namespace buffered::detail {
 // waits for a thread and memory stays bounded. Batch buffers are recycled: `threads + 1` of them
 // exist (one per job plus the one the submitter is filling), so nothing allocates after start().
 //
-// Lifecycle: stop_and_join() lets every submitted job run, then joins. The destructor does the
-// same.
+// Lifecycle: start() makes the threads; stop_and_join() lets every submitted job run, then
+// joins them, after which start() may be called again. The destructor does the same.
 template <class Batch>
 class DispatchPool {
  public:
@@ -41,14 +41,22 @@ class DispatchPool {
   DispatchPool& operator=(const DispatchPool&) = delete;
   ~DispatchPool() { stop_and_join(); }
 
-  // Makes the threads; `on_thread_start` runs first on each. Not thread-safe; call once.
-  void start(std::function<void()> on_thread_start) {
-    workers_.reserve(threads_);
-    for (std::size_t i = 0; i < threads_; ++i) {
-      workers_.emplace_back([this, on_thread_start] {
-        on_thread_start();
-        run_jobs();
-      });
+  // Makes the threads; `on_thread_start` runs first on each. Not thread-safe; call once per
+  // stop_and_join(). Allocates. If a thread cannot be made (std::system_error) or an allocation
+  // fails, the threads already made are joined and the exception propagates: the pool is then as
+  // before the call.
+  void start(const std::function<void()>& on_thread_start) {
+    try {
+      workers_.reserve(threads_);
+      for (std::size_t i = 0; i < threads_; ++i) {
+        workers_.emplace_back([this, on_thread_start] {
+          on_thread_start();
+          run_jobs();
+        });
+      }
+    } catch (...) {
+      stop_and_join();
+      throw;
     }
   }
 
@@ -80,7 +88,7 @@ class DispatchPool {
   }
 
   // Blocks until every submitted job has run, then joins the threads. Idempotent; call from one
-  // thread (not from a pool thread).
+  // thread (not from a pool thread). Never allocates.
   void stop_and_join() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -90,6 +98,9 @@ class DispatchPool {
     for (std::thread& t : workers_) {
       if (t.joinable()) t.join();
     }
+    workers_.clear();  // keeps the capacity
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = false;
   }
 
  private:
