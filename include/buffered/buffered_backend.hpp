@@ -116,6 +116,10 @@ concept Sink = (detail::HasProcessEvents<D, Event> &&
 // copying an Event throws, flush() only what delegate.flush() throws. shutdown(), stats() and
 // the destructor never throw, and nothing after construction and run() allocates.
 //
+// Memory: the ring of buffer_size events, plus batch buffers of min(max_batch_size,
+// buffer_size) events: one for the worker (max_in_flight + 1 in async mode) and one to report
+// abandoned events in at shutdown.
+//
 // `Delegate` may be a reference type: the backend then does not own the sink.
 template <class Event, class Delegate>
 class BufferedBackend {
@@ -165,6 +169,7 @@ class BufferedBackend {
     } else {
       sync_batch_.reserve(max_batch_);
     }
+    abandon_chunk_.reserve(max_batch_);
   }
 
   BufferedBackend(const BufferedBackend&) = delete;
@@ -308,8 +313,8 @@ class BufferedBackend {
   // or failed by the time it returns: false if any was abandoned, if a delegate call outlived the
   // deadline, or for a backend that never ran. Called from inside the delegate or the error
   // handler it starts the shutdown and returns false without waiting. Thread-safe; never throws,
-  // never allocates (abandoned events are reported in batches when a buffer for them can be had,
-  // otherwise one by one); blocks as described.
+  // never allocates (abandoned events are reported in chunks of up to a batch, from a buffer the
+  // constructor reserved); blocks as described.
   bool shutdown(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) noexcept {
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
     bool abandon_here = false;
@@ -668,10 +673,9 @@ class BufferedBackend {
     completion_.batch_done(offset(first) + n);
   }
 
-  // Reports everything still in the (closed) ring as abandoned. Any thread; serialized with the
-  // worker's consumption by consumer_mu_. Reports in chunks of up to a batch, in a buffer it
-  // allocates; if that allocation fails it reports one event at a time instead, so it never
-  // throws and nothing goes unreported.
+  // Reports everything still in the (closed) ring as abandoned, in chunks of up to a batch. Any
+  // thread; serialized with the worker's consumption by consumer_mu_, which also guards the
+  // chunk buffer (reserved by the constructor, so this never allocates or throws).
   void abandon_remaining() noexcept {
     {
       std::lock_guard<std::mutex> lock(consumer_mu_);
@@ -680,34 +684,16 @@ class BufferedBackend {
       if (head != end) {
         abandoned_any_.store(true, std::memory_order_release);
         completion_.abandoning_from(offset(head));
-        Batch chunk;
-        std::size_t chunk_size = static_cast<std::size_t>(
-            std::min<std::uint64_t>(max_batch_, detail::position_distance(head, end)));
-        try {
-          chunk.reserve(chunk_size);
-        } catch (...) {
-          chunk_size = 0;  // out of memory: one by one, through `single`
-        }
-        std::optional<Event> single;
+        Batch& chunk = abandon_chunk_;
         detail::Backoff backoff;
         while (ring_.consumer_head() != end) {
-          std::size_t n = 0;
-          if (chunk_size == 0) {
-            n = ring_.pop_run(1, [&single](Event&& e) { single.emplace(std::move(e)); });
-            if (n != 0) {
-              abandoned_.fetch_add(1, std::memory_order_relaxed);
-              report(ErrorKind::abandoned, std::span<const Event>(&*single, 1));
-              single.reset();
-            }
-          } else {
-            n = ring_.pop_run(chunk_size - chunk.size(),
-                              [&chunk](Event&& e) { chunk.push_back(std::move(e)); });
-            if (!chunk.empty() &&
-                (chunk.size() == chunk_size || n == 0 || ring_.consumer_head() == end)) {
-              abandoned_.fetch_add(chunk.size(), std::memory_order_relaxed);
-              report(ErrorKind::abandoned, chunk);
-              chunk.clear();
-            }
+          const std::size_t n = ring_.pop_run(
+              max_batch_ - chunk.size(), [&chunk](Event&& e) { chunk.push_back(std::move(e)); });
+          if (!chunk.empty() &&
+              (chunk.size() == max_batch_ || n == 0 || ring_.consumer_head() == end)) {
+            abandoned_.fetch_add(chunk.size(), std::memory_order_relaxed);
+            report(ErrorKind::abandoned, chunk);
+            chunk.clear();
           }
           if (n == 0) {
             backoff.pause(std::nullopt);  // a producer between claim and publish
@@ -732,6 +718,7 @@ class BufferedBackend {
   std::optional<TokenBucket<Clock>> bucket_;
   std::unique_ptr<detail::DispatchPool<Batch>> pool_;
   Batch sync_batch_;
+  Batch abandon_chunk_;  // guarded by consumer_mu_
   detail::Completion completion_;
   std::mutex
       consumer_mu_;  // who takes events out of the ring: the worker, or shutdown at its deadline
