@@ -81,8 +81,9 @@ TEST(Reentrancy, FlushAndShutdownFromInsideTheDelegateDoNotDeadlock) {
     c.max_in_flight = 1;
     auto backend = std::make_unique<Backend>(sink, c);
     holder.backend = backend.get();
-    backend->run();
+    // All five are offered before run(): once the delegate has seen event 2 the backend refuses.
     for (std::uint64_t i = 0; i < 5; ++i) ASSERT_TRUE(backend->process_event(ev(i)));
+    backend->run();
     ASSERT_TRUE(eventually([&] { return shutdown_result.load() != -1; }));
     EXPECT_EQ(flush_result.load(), 0);             // could not wait for itself
     EXPECT_EQ(shutdown_result.load(), 0);          // started the shutdown, did not wait for itself
