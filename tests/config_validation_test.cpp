@@ -104,6 +104,93 @@ TEST(ConfigValidation, MaxBatchSizeAboveTheBufferIsAcceptedAndClamped) {
   EXPECT_EQ(rejection(c), "");  // batches hold at most buffer_size (batch_larger_than_buffer_test)
 }
 
+TEST(ConfigValidation, RetryDefaults) {
+  const buffered::BatchConfig c;
+  EXPECT_FALSE(c.retry.has_value());  // no retry unless asked for
+  const buffered::Retry r;
+  EXPECT_EQ(r.max_attempts, 5u);
+  EXPECT_EQ(r.initial_backoff, std::chrono::milliseconds(100));
+  EXPECT_EQ(r.max_backoff, std::chrono::seconds(30));
+  EXPECT_DOUBLE_EQ(r.multiplier, 2.0);
+  EXPECT_DOUBLE_EQ(r.jitter, 0.2);
+  buffered::BatchConfig with_retry;
+  with_retry.retry = buffered::Retry{};
+  EXPECT_EQ(rejection(with_retry), "");
+}
+
+// The message of the constructor's rejection of `c` with `retry` set to `r`.
+std::string retry_rejection(const buffered::Retry& r) {
+  buffered::BatchConfig c;
+  c.retry = r;
+  return rejection(c);
+}
+
+TEST(ConfigValidation, RetryMaxAttemptsZero) {
+  buffered::Retry r;
+  r.max_attempts = 0;
+  EXPECT_NE(retry_rejection(r).find("retry.max_attempts"), std::string::npos);
+  r.max_attempts = 1;  // one call, no retry: allowed
+  EXPECT_EQ(retry_rejection(r), "");
+}
+
+TEST(ConfigValidation, RetryInitialBackoffNotPositive) {
+  buffered::Retry r;
+  r.initial_backoff = std::chrono::nanoseconds::zero();
+  EXPECT_NE(retry_rejection(r).find("retry.initial_backoff"), std::string::npos);
+  r.initial_backoff = std::chrono::milliseconds(-1);
+  EXPECT_NE(retry_rejection(r).find("retry.initial_backoff"), std::string::npos);
+  r.initial_backoff = std::chrono::nanoseconds::min();
+  EXPECT_NE(retry_rejection(r).find("retry.initial_backoff"), std::string::npos);
+  r.initial_backoff = std::chrono::nanoseconds(1);
+  EXPECT_EQ(retry_rejection(r), "");
+}
+
+TEST(ConfigValidation, RetryMultiplierBelowOneOrNotFinite) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const double m : {0.999, 0.5, 0.0, -2.0, nan, inf, -inf}) {
+    buffered::Retry r;
+    r.multiplier = m;
+    EXPECT_NE(retry_rejection(r).find("retry.multiplier"), std::string::npos) << m;
+  }
+  buffered::Retry r;
+  r.multiplier = 1.0;  // a constant backoff
+  EXPECT_EQ(retry_rejection(r), "");
+  r.multiplier = 1000.0;
+  EXPECT_EQ(retry_rejection(r), "");
+}
+
+TEST(ConfigValidation, RetryMaxBackoffBelowInitialBackoff) {
+  buffered::Retry r;
+  r.initial_backoff = std::chrono::milliseconds(100);
+  r.max_backoff = std::chrono::milliseconds(99);
+  EXPECT_NE(retry_rejection(r).find("retry.max_backoff"), std::string::npos);
+  r.initial_backoff = std::chrono::minutes(1);  // above the default max_backoff of 30 s
+  r.max_backoff = buffered::Retry{}.max_backoff;
+  EXPECT_NE(retry_rejection(r).find("retry.max_backoff"), std::string::npos);
+  r.max_backoff = std::chrono::nanoseconds::zero();
+  EXPECT_NE(retry_rejection(r).find("retry.max_backoff"), std::string::npos);
+  r.max_backoff = r.initial_backoff;  // equal: a constant backoff
+  EXPECT_EQ(retry_rejection(r), "");
+  r.max_backoff = std::chrono::nanoseconds::max();
+  EXPECT_EQ(retry_rejection(r), "");
+}
+
+TEST(ConfigValidation, RetryJitterOutsideZeroToOne) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const double j : {-0.001, -1.0, 1.001, 2.0, nan, inf, -inf}) {
+    buffered::Retry r;
+    r.jitter = j;
+    EXPECT_NE(retry_rejection(r).find("retry.jitter"), std::string::npos) << j;
+  }
+  for (const double j : {0.0, 0.5, 1.0}) {
+    buffered::Retry r;
+    r.jitter = j;
+    EXPECT_EQ(retry_rejection(r), "") << j;
+  }
+}
+
 TEST(ConfigValidation, ConfigIsKeptAsGiven) {
   buffered::BatchConfig c;
   c.buffer_size = 7;

@@ -3,7 +3,9 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <span>
@@ -23,6 +25,14 @@ using Clock = std::chrono::steady_clock;
 
 // "By" limits are loose: these machines are shared, 2-core and noisy.
 inline constexpr auto kPatience = 20s;
+// Slack for "it happened by" checks on timed waits (a backoff, a deadline): seconds, not
+// milliseconds, for the same reason. "Not before" checks take no slack.
+inline constexpr auto kSlack = 5s;
+
+// A duration in milliseconds, for readable comparisons and failure messages.
+inline double millis(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 // An event that says who produced it and in what order.
 struct Event {
@@ -149,6 +159,84 @@ class ErrorLog {
 };
 
 inline Event ev(std::uint64_t seq, std::uint32_t producer = 0) { return Event{producer, seq}; }
+
+// What a test delegate saw in one call: the events, BatchContext::attempt() (0 if it takes no
+// context), and when the call began.
+struct Call {
+  std::vector<Event> events;
+  std::size_t attempt = 0;
+  Clock::time_point at{};
+};
+
+// A thread-safe record of delegate calls, for delegates that decide what to do call by call.
+class CallLog {
+ public:
+  // Records a call and returns its index (0 for the first call).
+  std::size_t record(std::span<const Event> events, std::size_t attempt = 0) {
+    const auto now = Clock::now();
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.push_back(Call{std::vector<Event>(events.begin(), events.end()), attempt, now});
+    return calls_.size() - 1;
+  }
+  std::vector<Call> calls() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+  std::size_t count() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<Call> calls_;
+};
+
+// One error-handler call, with the exception being handled when it was made.
+struct Report {
+  buffered::ErrorKind kind;
+  std::vector<Event> events;
+  std::exception_ptr cause;  // std::current_exception() inside the handler
+};
+
+// Collects error-handler calls with their std::current_exception().
+class ReportLog {
+ public:
+  std::function<void(buffered::ErrorKind, std::span<const Event>)> handler() {
+    return [this](buffered::ErrorKind kind, std::span<const Event> events) {
+      std::lock_guard<std::mutex> lock(mu_);
+      reports_.push_back(
+          Report{kind, std::vector<Event>(events.begin(), events.end()), std::current_exception()});
+    };
+  }
+  std::vector<Report> reports() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reports_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<Report> reports_;
+};
+
+// The message of the exception `p` holds; "<none>" for a null one, "<not a std::exception>".
+inline std::string what(const std::exception_ptr& p) {
+  if (!p) return "<none>";
+  try {
+    std::rethrow_exception(p);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "<not a std::exception>";
+  }
+}
+
+// Events seq first, first + 1, ..., first + n - 1 (producer 0).
+inline std::vector<Event> seqs(std::uint64_t first, std::uint64_t n) {
+  std::vector<Event> events;
+  for (std::uint64_t i = 0; i < n; ++i) events.push_back(Event{0, first + i});
+  return events;
+}
 
 // After an unbounded shutdown: accepted == delivered + failed + abandoned (nothing pending), and
 // everything offered was counted once.
