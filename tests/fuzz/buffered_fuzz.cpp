@@ -11,22 +11,51 @@
 // run() may fail then (std::bad_alloc, std::system_error), and it must leave no thread behind;
 // process_event(s), flush(), shutdown() and stats() must neither throw nor allocate.
 //
+// Retry: spare bits of the configuration bytes choose BatchConfig::retry (max_attempts, backoffs
+// of microseconds, multiplier, jitter; or an invalid one, which the constructor must refuse), the
+// delegate's form (member or callable; void, bool or Outcome; with or without a BatchContext),
+// which failures are permanent, and a retry-after. The sink fails by the input's mask with every
+// outcome its form can express: a retryable exception, false, Outcome::retry(after),
+// permanent_error, Outcome::permanent_failure(). Checked besides: each batch's attempts see the
+// same events; only a retryable failure is attempted again, at most max_attempts times, not
+// before its backoff floor or retry-after, never after an attempt that ended past a shutdown
+// deadline; a batch failed for good is reported once, whole, after its last attempt, inside the
+// catch of that attempt's exception; attempt() counts 1, 2, ...; deadline() is max() before any
+// shutdown(timeout), never earlier than the earliest deadline given, never later than one given
+// by a shutdown(timeout) that has returned; Stats.retries counts the repeated calls; flush()
+// returns true only once every accepted event is delivered or failed; in sync mode (or one in
+// flight) first attempts keep the order and a batch waiting to retry keeps its place.
+//
+// Input layout: buffer_size, max_batch_size, max_batch_wait, async (bit 0; bits 1-3: the form;
+// bits 4-7: which failing calls are permanent), max_in_flight (bits 0-1; bits 2-4: 0 no retry,
+// 1-6 max_attempts, 7 an invalid retry; bits 5-7: initial backoff), overflow (bit 0; bits 1-2:
+// multiplier; bits 3-4: jitter; bits 5-7: max_backoff), block_timeout, throttle (bits 5-7: the
+// retry-after), the failure mask; then one operation per byte (some take the next byte).
+//
 // Build: cmake --preset fuzz && cmake --build --preset fuzz
 // Run:   build/fuzz/tests/fuzz/buffered_fuzz -max_total_time=60 <corpus copy> tests/fuzz/corpus
 #include <buffered/buffered_backend.hpp>
 
 #include <dirent.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
+#include <span>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "../fault/fault_injection.hpp"
@@ -60,8 +89,16 @@ void require(bool ok, const char* what) {
 }
 
 // Thrown by the sink: unlike std::runtime_error it allocates nothing (an injected failure must
-// land in the library, not here).
-struct SinkFailure {};
+// land in the library, not here). Retryable. `call` names the delegate call that threw it.
+struct SinkFailure {
+  std::uint64_t call;
+};
+// Permanent: copied from one made before the input runs (a copy shares the message: no
+// allocation).
+struct PermanentFailure : buffered::permanent_error {
+  using buffered::permanent_error::permanent_error;
+  std::uint64_t call = 0;
+};
 
 // Threads in this process now (Linux); 0 if unknown.
 std::size_t count_threads() {
@@ -110,60 +147,226 @@ class ArmedFault {
   PendingFault::Kind kind_;
 };
 
+using Clock = std::chrono::steady_clock;
+constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::max();
+
+std::int64_t ticks(Clock::time_point t) { return t.time_since_epoch().count(); }
+
+enum class Verdict : std::uint8_t { delivered, retryable, permanent };
+
+struct CallRecord {
+  std::size_t first;  // index into Ledger::call_order
+  std::size_t size;
+  Verdict verdict;
+  bool thrown;
+  bool past_deadline;   // ended once a shutdown deadline it could see had passed
+  std::size_t attempt;  // BatchContext::attempt(), 0 without a context
+  std::int64_t after;   // Outcome::retry(after), ns
+  std::int64_t start;   // steady_clock ticks
+  std::int64_t end;     // just before it returned or threw
+  std::uint64_t seq;    // of Ledger::seq, at its start
+};
+
+struct ReportRecord {  // one delegate_failed report
+  std::uint64_t first_id;
+  std::size_t size;
+  std::uint64_t seq;
+  std::int64_t exception_call;  // -1: no exception; -2: not the sink's
+};
+
+// What the harness learns of shutdown(timeout) calls, for the BatchContext checks.
+struct Deadlines {
+  std::atomic<bool> timed_started{false};
+  std::atomic<std::int64_t> lower{kNever};  // min of (before the call) + timeout
+  std::atomic<std::int64_t> upper{kNever};  // min of (after it returned) + timeout
+};
+
+constexpr std::size_t kMaxEvents = 4096;
+constexpr std::size_t kMaxAttempts = 6;
+
 struct Ledger {
   std::mutex mu;
-  std::vector<int> delivered, failed, reported_failed, abandoned, refused_reports;
-  std::vector<std::uint64_t> call_order;  // ids in the order the delegate saw them
-  std::vector<std::size_t> call_sizes;    // events per delegate call
-  std::uint64_t calls = 0;
+  std::vector<int> reported_failed, abandoned, refused_reports, settled;
+  std::vector<std::uint64_t> call_order;  // ids in the order the delegate saw them, every call
+  std::vector<CallRecord> calls;
+  std::vector<ReportRecord> reports;
+  std::uint64_t seq = 0;
   void grow(std::size_t n) {
-    call_order.reserve(n);  // the sink never allocates
-    call_sizes.reserve(n);
-    delivered.resize(n);
-    failed.resize(n);
+    call_order.reserve(n * kMaxAttempts);  // the sink never allocates
+    calls.reserve(n * kMaxAttempts);
+    reports.reserve(n);
     reported_failed.resize(n);
     abandoned.resize(n);
     refused_reports.resize(n);
+    settled.resize(n);
   }
 };
 
-}  // namespace
+enum class Result { boolean, none, outcome };
+template <Result R, bool WithContext, bool IsCallable>
+struct Form {
+  static constexpr Result result = R;
+  static constexpr bool context = WithContext, callable = IsCallable;
+};
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  Reader in(data, size);
-  buffered::BatchConfig c;
-  c.buffer_size = in.byte() % 33;             // 0 is invalid on purpose
-  const std::uint8_t batch_byte = in.byte();  // 250..255: near SIZE_MAX, beyond any buffer
-  c.max_batch_size = batch_byte >= 250
-                         ? std::numeric_limits<std::size_t>::max() - (255u - batch_byte)
-                         : std::size_t{batch_byte} % 9;
-  c.max_batch_wait = std::chrono::microseconds(in.byte() % 200);
-  c.async_delegate = (in.byte() & 1) != 0;
-  c.max_in_flight = in.byte() % 4;
-  c.overflow =
-      (in.byte() & 1) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
-  c.block_timeout = std::chrono::microseconds(in.byte() % 100);  // bounded: an input never hangs
-  const std::uint8_t throttle = in.byte();
-  if (throttle % 8 == 0)  // burst 0 (invalid) to 3
-    c.throttle = buffered::Throttle{100000.0, static_cast<std::size_t>((throttle >> 3) % 4)};
-  const std::uint8_t fail_mask = in.byte();
+// How a call ends, for the form's result type to say.
+struct Ending {
+  enum class How { delivered, returns_false, returns_retry, returns_permanent } how;
+  std::chrono::nanoseconds after{0};
+};
 
-  constexpr std::size_t kMaxEvents = 4096;
+// The deterministic sink: call number n fails if bit n % 8 of `fail_mask` is set, permanently
+// if bit n % 4 of `permanent_mask` is; it throws on even calls (always for void; bool throws a
+// permanent failure), otherwise returns false / Outcome::retry (with `retry_after` on every
+// other) / Outcome::permanent_failure().
+struct SinkCore {
+  Ledger& ledger;
+  Deadlines& deadlines;
+  const PermanentFailure& permanent_proto;
+  std::uint8_t fail_mask, permanent_mask;
+  std::chrono::nanoseconds retry_after;
+
+  Ending handle(std::span<Event> batch, const buffered::BatchContext* context, Result form) {
+    if (context != nullptr) check_deadline(*context);
+    const std::int64_t start = ticks(Clock::now());
+    std::unique_lock<std::mutex> lock(ledger.mu);
+    const std::uint64_t call = ledger.calls.size();
+    const bool fails = ((fail_mask >> (call % 8)) & 1) != 0;
+    const bool permanent = fails && ((permanent_mask >> (call % 4)) & 1) != 0;
+    const Verdict verdict = !fails      ? Verdict::delivered
+                            : permanent ? Verdict::permanent
+                                        : Verdict::retryable;
+    const bool thrown =
+        fails && (form == Result::none || call % 2 == 0 || (permanent && form == Result::boolean));
+    std::chrono::nanoseconds after{0};
+    if (fails && !thrown && !permanent && form == Result::outcome && call / 2 % 2 == 0)
+      after = retry_after;
+    CallRecord record{ledger.call_order.size(),
+                      batch.size(),
+                      verdict,
+                      thrown,
+                      false,
+                      context != nullptr ? context->attempt() : 0,
+                      after.count(),
+                      start,
+                      0,
+                      ledger.seq++};
+    for (const Event& e : batch) ledger.call_order.push_back(e.id);
+    require(ledger.calls.size() < ledger.calls.capacity(), "more delegate calls than expected");
+    ledger.calls.push_back(record);  // reserved: no allocation
+    lock.unlock();
+    if (context != nullptr) check_deadline(*context);
+    // Past a deadline, as the library sees it after the return: read, then the time.
+    const std::int64_t upper = deadlines.upper.load();
+    const std::int64_t seen =
+        context != nullptr ? ticks(context->deadline()) : std::numeric_limits<std::int64_t>::max();
+    const std::int64_t end = ticks(Clock::now());
+    lock.lock();
+    ledger.calls[call].end = end;
+    ledger.calls[call].past_deadline = end >= std::min(upper, seen);
+    if (verdict == Verdict::delivered) {
+      for (const Event& e : batch) ledger.settled[e.id]++;
+    }
+    lock.unlock();
+    if (thrown) {
+      if (permanent) {
+        PermanentFailure error(permanent_proto);
+        error.call = call;
+        throw error;
+      }
+      throw SinkFailure{call};
+    }
+    if (!fails) return {Ending::How::delivered};
+    if (permanent) return {Ending::How::returns_permanent};
+    return {form == Result::boolean ? Ending::How::returns_false : Ending::How::returns_retry,
+            after};
+  }
+
+  // deadline() is max() before any shutdown(timeout), never earlier than the earliest deadline
+  // given, and never later than one given by a shutdown(timeout) that has returned.
+  void check_deadline(const buffered::BatchContext& context) {
+    const std::int64_t upper = deadlines.upper.load();
+    const auto deadline = context.deadline();
+    const bool started = deadlines.timed_started.load();
+    const std::int64_t lower = deadlines.lower.load();
+    const bool none = deadline == Clock::time_point::max();
+    require(started || none, "BatchContext::deadline() set before any shutdown(timeout)");
+    require(none || ticks(deadline) >= lower, "BatchContext::deadline() earlier than any given");
+    require(upper == kNever || (!none && ticks(deadline) <= upper),
+            "BatchContext::deadline() later than a shutdown(timeout) that returned gave");
+  }
+};
+
+template <class F>
+struct Sink : SinkCore {
+  using R =
+      std::conditional_t<F::result == Result::boolean, bool,
+                         std::conditional_t<F::result == Result::none, void, buffered::Outcome>>;
+
+  R process_events(std::span<Event> batch) requires(!F::context && !F::callable) {
+    return convert(handle(batch, nullptr, F::result));
+  }
+  R process_events(std::span<Event> batch,
+                   const buffered::BatchContext& context) requires(F::context && !F::callable) {
+    return convert(handle(batch, &context, F::result));
+  }
+  R operator()(std::span<Event> batch) requires(!F::context && F::callable) {
+    return convert(handle(batch, nullptr, F::result));
+  }
+  R operator()(std::span<Event> batch,
+               const buffered::BatchContext& context) requires(F::context&& F::callable) {
+    return convert(handle(batch, &context, F::result));
+  }
+
+  static R convert(Ending ending) {
+    if constexpr (F::result == Result::none) {
+      (void)ending;
+    } else if constexpr (F::result == Result::boolean) {
+      return ending.how == Ending::How::delivered;
+    } else {
+      switch (ending.how) {
+        case Ending::How::delivered:
+          return buffered::Outcome::delivered();
+        case Ending::How::returns_permanent:
+          return buffered::Outcome::permanent_failure();
+        default:
+          return buffered::Outcome::retry(ending.after);
+      }
+    }
+  }
+};
+
+struct Input {
+  buffered::BatchConfig config;
+  bool valid = false;
+  std::uint8_t fail_mask = 0, permanent_mask = 0;
+  std::chrono::nanoseconds retry_after{0};
+};
+
+template <class F>
+int run_input(Reader& in, const Input& input) {
+  const buffered::BatchConfig& c = input.config;
   Ledger ledger;
   ledger.grow(kMaxEvents);
-  auto sink = [&](std::span<Event> batch) -> bool {
-    std::lock_guard<std::mutex> lock(ledger.mu);
-    const std::uint64_t call = ledger.calls++;
-    ledger.call_sizes.push_back(batch.size());
-    const bool fails = ((fail_mask >> (call % 8)) & 1) != 0;
-    for (const Event& e : batch) {
-      ledger.call_order.push_back(e.id);
-      (fails ? ledger.failed : ledger.delivered)[e.id]++;
-    }
-    if (fails && call % 2 == 0) throw SinkFailure{};
-    return !fails;
-  };
+  Deadlines deadlines;
+  const PermanentFailure permanent_proto("permanent");
+  Sink<F> sink{{ledger, deadlines, permanent_proto, input.fail_mask, input.permanent_mask,
+                input.retry_after}};
   auto on_error = [&](buffered::ErrorKind kind, std::span<const Event> events) {
+    std::int64_t exception_call = -1;
+    if (kind == buffered::ErrorKind::delegate_failed) {
+      if (const std::exception_ptr cause = std::current_exception()) {
+        try {
+          std::rethrow_exception(cause);
+        } catch (const SinkFailure& e) {
+          exception_call = static_cast<std::int64_t>(e.call);
+        } catch (const PermanentFailure& e) {
+          exception_call = static_cast<std::int64_t>(e.call);
+        } catch (...) {
+          exception_call = -2;
+        }
+      }
+    }
     std::lock_guard<std::mutex> lock(ledger.mu);
     for (const Event& e : events) {
       switch (kind) {
@@ -173,31 +376,34 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           break;
         case buffered::ErrorKind::delegate_failed:
           ledger.reported_failed[e.id]++;
+          ledger.settled[e.id]++;
           break;
         case buffered::ErrorKind::abandoned:
           ledger.abandoned[e.id]++;
           break;
       }
     }
+    if (kind == buffered::ErrorKind::delegate_failed && !events.empty()) {
+      require(ledger.reports.size() < ledger.reports.capacity(), "too many failure reports");
+      ledger.reports.push_back({events.front().id, events.size(), ledger.seq++, exception_call});
+    }
   };
 
-  const bool valid = c.buffer_size != 0 && c.max_batch_size != 0 && c.max_in_flight != 0 &&
-                     (c.max_batch_size == 1 || c.max_batch_wait > 0ns) &&
-                     (!c.throttle || c.throttle->burst != 0);
-  using Backend = buffered::BufferedBackend<Event, decltype(sink)&>;
+  using Backend = buffered::BufferedBackend<Event, Sink<F>&>;
   std::unique_ptr<Backend> backend;
   try {
     backend = std::make_unique<Backend>(sink, c, on_error);
   } catch (const std::invalid_argument&) {
-    require(!valid, "a valid configuration was refused");
+    require(!input.valid, "a valid configuration was refused");
     return 0;
   }
-  require(valid, "an invalid configuration was accepted");
+  require(input.valid, "an invalid configuration was accepted");
 
   std::vector<bool> accepted;
   accepted.reserve(kMaxEvents);  // nothing below allocates until the final checks
   std::uint64_t next_id = 0;
   std::uint64_t last_accepted_count = 0;
+  std::uint64_t flush_checked = 0;  // accepted events below this id: settled at a flush
   PendingFault pending_fault;
   // A call that must neither throw nor allocate, with the pending fault armed around it.
   auto no_alloc = [&](const char* what, auto&& call) {
@@ -218,6 +424,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       std::fprintf(stderr, "buffered_fuzz: %s allocated\n", what);
       std::abort();
     }
+    return result;
+  };
+  // shutdown(timeout), telling the sink's deadline checks when it started and returned.
+  auto timed_shutdown = [&](std::chrono::nanoseconds timeout) {
+    const std::int64_t lower = ticks(Clock::now()) + timeout.count();
+    if (lower < deadlines.lower.load()) deadlines.lower.store(lower);
+    deadlines.timed_started.store(true);
+    const bool result = backend->shutdown(timeout);
+    const std::int64_t upper = ticks(Clock::now()) + timeout.count();
+    if (upper < deadlines.upper.load()) deadlines.upper.store(upper);
     return result;
   };
   // After a shutdown returned: accepted == delivered + failed + abandoned + pending, at once if it
@@ -293,13 +509,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       case 5: {
         const auto timeout = std::chrono::microseconds(in.byte() % 50);
-        no_alloc("flush", [&] { return backend->flush(timeout); });
+        if (no_alloc("flush", [&] { return backend->flush(timeout); })) {
+          // Every event accepted so far is delivered or failed: none waits for a retry.
+          std::lock_guard<std::mutex> lock(ledger.mu);
+          for (; flush_checked < next_id; ++flush_checked) {
+            require(!accepted[flush_checked] || ledger.settled[flush_checked] != 0,
+                    "flush() returned true before an accepted event was delivered or failed");
+          }
+        }
         break;
       }
       case 6:
         if (op & 8) {
           const auto timeout = std::chrono::microseconds(in.byte() % 50);
-          check_shut_down(no_alloc("shutdown", [&] { return backend->shutdown(timeout); }));
+          check_shut_down(no_alloc("shutdown", [&] { return timed_shutdown(timeout); }));
         } else {
           check_shut_down(no_alloc("shutdown", [&] { return backend->shutdown(); }));
         }
@@ -321,32 +544,119 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const buffered::Stats s = no_alloc("stats", [&] { return backend->stats(); });
         require(s.accepted >= last_accepted_count, "Stats.accepted went down");
         require(s.accepted >= s.delivered + s.failed + s.abandoned, "more done than accepted");
+        require(s.retries <= s.batches, "Stats.retries above Stats.batches");
         last_accepted_count = s.accepted;
         break;
       }
     }
   }
   check_shut_down(no_alloc("shutdown", [&] { return backend->shutdown(); }));
-  backend->shutdown(0ns);  // idempotent
+  timed_shutdown(0ns);  // idempotent
   const buffered::Stats s = backend->stats();
   backend.reset();  // the destructor waits for anything still running
 
+  // ---- batches: calls grouped by their first event; attempts in order ----
+  const std::size_t max_attempts = c.retry ? c.retry->max_attempts : 1;
+  std::vector<std::vector<std::size_t>> attempts(next_id);
+  std::vector<std::int64_t> batch_of(next_id, -1);  // id -> first id of its batch
+  enum class End { none, delivered, failed, abandoned };
+  std::vector<End> ended(next_id, End::none);
+  std::vector<std::int64_t> report_of(next_id, -1);  // first id -> index in ledger.reports
+  for (std::size_t r = 0; r < ledger.reports.size(); ++r) {
+    const std::uint64_t first = ledger.reports[r].first_id;
+    require(first < next_id && report_of[first] == -1, "two delegate_failed reports of a batch");
+    report_of[first] = static_cast<std::int64_t>(r);
+  }
+  std::uint64_t repeats = 0;
+  for (std::size_t i = 0; i < ledger.calls.size(); ++i) {
+    const CallRecord& call = ledger.calls[i];
+    require(call.size >= 1, "an empty batch reached the delegate");
+    attempts[ledger.call_order[call.first]].push_back(i);
+  }
+  auto same_events = [&](const CallRecord& a, const CallRecord& b) {
+    if (a.size != b.size) return false;
+    for (std::size_t k = 0; k < a.size; ++k) {
+      if (ledger.call_order[a.first + k] != ledger.call_order[b.first + k]) return false;
+    }
+    return true;
+  };
+  for (std::uint64_t key = 0; key < next_id; ++key) {
+    const std::vector<std::size_t>& tries = attempts[key];
+    if (tries.empty()) continue;
+    repeats += tries.size() - 1;
+    require(tries.size() <= max_attempts, "more attempts than max_attempts");
+    const CallRecord& first = ledger.calls[tries.front()];
+    const CallRecord& last = ledger.calls[tries.back()];
+    for (std::size_t k = 0; k < first.size; ++k) {
+      const std::uint64_t id = ledger.call_order[first.first + k];
+      require(batch_of[id] == -1, "an event reached the delegate in two batches");
+      batch_of[id] = static_cast<std::int64_t>(key);
+    }
+    for (std::size_t k = 0; k < tries.size(); ++k) {
+      const CallRecord& call = ledger.calls[tries[k]];
+      require(same_events(call, first), "a retry saw other events than the first attempt");
+      require(!F::context || call.attempt == k + 1, "BatchContext::attempt() is not 1, 2, ...");
+      if (k + 1 == tries.size()) break;
+      require(call.verdict == Verdict::retryable, "a delivered or permanent batch was retried");
+      require(!call.past_deadline, "attempted again after an attempt ended past the deadline");
+      const CallRecord& next = ledger.calls[tries[k + 1]];
+      require(next.seq > call.seq, "attempts out of order");
+      double floor_ns = 0;
+      if (call.after > 0) {
+        floor_ns = static_cast<double>(call.after);
+      } else {
+        const buffered::Retry& r = *c.retry;
+        floor_ns = std::min(static_cast<double>(r.max_backoff.count()),
+                            static_cast<double>(r.initial_backoff.count()) *
+                                std::pow(r.multiplier, static_cast<double>(k))) *
+                   (1.0 - r.jitter);
+      }
+      require(static_cast<double>(next.start - call.end) >= floor_ns * (1 - 1e-9) - 2,
+              "attempted again before the backoff or the retry-after");
+    }
+    End end = End::delivered;
+    if (last.verdict == Verdict::delivered) {
+      end = End::delivered;
+    } else if (last.verdict == Verdict::permanent || tries.size() >= max_attempts) {
+      end = End::failed;
+    } else {
+      end = End::abandoned;  // only a shutdown deadline ends a retryable failure early
+      require(deadlines.timed_started.load(), "a retryable failure neither retried nor failed");
+    }
+    for (std::size_t k = 0; k < first.size; ++k) ended[ledger.call_order[first.first + k]] = end;
+    if (end == End::failed) {
+      require(report_of[key] != -1, "a failed batch was not reported");
+      const ReportRecord& report = ledger.reports[static_cast<std::size_t>(report_of[key])];
+      require(report.size == first.size, "a failed batch was not reported as a whole");
+      require(report.seq > last.seq, "a failed batch was reported before its last attempt");
+      const std::int64_t want = last.thrown ? static_cast<std::int64_t>(tries.back()) : -1;
+      require(report.exception_call == want,
+              "delegate_failed not reported inside the catch of the last attempt's exception");
+    } else {
+      require(report_of[key] == -1, "a batch not failed for good was reported delegate_failed");
+    }
+  }
+
   std::uint64_t n_accepted = 0, n_delivered = 0, n_failed = 0, n_abandoned = 0, n_refused = 0;
   for (std::uint64_t id = 0; id < next_id; ++id) {
-    const int done = ledger.delivered[id] + ledger.failed[id] + ledger.abandoned[id];
+    const End end = ended[id];
+    const int done =
+        (end == End::delivered ? 1 : 0) + ledger.reported_failed[id] + ledger.abandoned[id];
     if (accepted[id]) {
       ++n_accepted;
       require(done == 1, "an accepted event was not handled exactly once");
       require(ledger.refused_reports[id] == 0, "an accepted event was reported refused");
-      require(ledger.failed[id] == ledger.reported_failed[id],
+      require((end == End::failed) == (ledger.reported_failed[id] == 1),
               "a failed event was not reported once");
+      require(end != End::abandoned || ledger.abandoned[id] == 1,
+              "an event of a batch cut short was not reported abandoned");
     } else {
       ++n_refused;
-      require(done == 0, "a refused event reached the delegate");
+      require(done == 0 && end == End::none, "a refused event reached the delegate");
       require(ledger.refused_reports[id] == 1, "a refused event was not reported exactly once");
     }
-    n_delivered += static_cast<std::uint64_t>(ledger.delivered[id]);
-    n_failed += static_cast<std::uint64_t>(ledger.failed[id]);
+    n_delivered += end == End::delivered ? 1 : 0;
+    n_failed += end == End::failed ? 1 : 0;
     n_abandoned += static_cast<std::uint64_t>(ledger.abandoned[id]);
   }
   require(s.accepted == n_accepted, "Stats.accepted");
@@ -356,16 +666,127 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   require(s.pending == 0, "Stats.pending after an unbounded shutdown");
   require(s.accepted == s.delivered + s.failed + s.abandoned + s.pending, "accounting identity");
   require(s.rejected_full + s.rejected_shut_down == n_refused, "Stats.rejected_*");
-  require(s.batches == ledger.calls, "Stats.batches");
+  require(s.batches == ledger.calls.size(), "Stats.batches");
+  require(s.retries == repeats, "Stats.retries");
   require(s.queued == 0 && s.in_flight == 0, "work left after shutdown");
   const std::size_t batch_limit = std::min(c.max_batch_size, c.buffer_size);
-  for (const std::size_t events_in_call : ledger.call_sizes) {
-    require(events_in_call >= 1 && events_in_call <= batch_limit, "a batch of the wrong size");
+  for (const CallRecord& call : ledger.calls) {
+    require(call.size >= 1 && call.size <= batch_limit, "a batch of the wrong size");
   }
-  if (!c.async_delegate || c.max_in_flight == 1) {
-    for (std::size_t i = 1; i < ledger.call_order.size(); ++i) {
-      require(ledger.call_order[i - 1] < ledger.call_order[i], "order broken");
+  // Order: across first attempts where promised; there, a batch waiting to retry keeps its
+  // place (its attempts are consecutive calls). Inside every call always.
+  const bool ordered = !c.async_delegate || c.max_in_flight == 1;
+  std::int64_t last_first = -1;
+  std::vector<bool> taken(next_id, false);
+  std::int64_t current = -1;
+  for (const CallRecord& call : ledger.calls) {
+    for (std::size_t k = 1; k < call.size; ++k) {
+      require(ledger.call_order[call.first + k - 1] < ledger.call_order[call.first + k],
+              "order broken inside a batch");
     }
+    if (!ordered) continue;
+    const std::uint64_t key = ledger.call_order[call.first];
+    if (!taken[key]) {
+      taken[key] = true;
+      require(static_cast<std::int64_t>(key) > last_first, "order broken");
+      last_first = static_cast<std::int64_t>(ledger.call_order[call.first + call.size - 1]);
+    } else {
+      require(static_cast<std::int64_t>(key) == current,
+              "another batch was taken while one waited to retry");
+    }
+    current = static_cast<std::int64_t>(key);
   }
   return 0;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  Reader in(data, size);
+  Input input;
+  buffered::BatchConfig& c = input.config;
+  c.buffer_size = in.byte() % 33;             // 0 is invalid on purpose
+  const std::uint8_t batch_byte = in.byte();  // 250..255: near SIZE_MAX, beyond any buffer
+  c.max_batch_size = batch_byte >= 250
+                         ? std::numeric_limits<std::size_t>::max() - (255u - batch_byte)
+                         : std::size_t{batch_byte} % 9;
+  c.max_batch_wait = std::chrono::microseconds(in.byte() % 200);
+  const std::uint8_t async_byte = in.byte();
+  c.async_delegate = (async_byte & 1) != 0;
+  const int form = (async_byte >> 1 & 7) % 6;
+  input.permanent_mask = static_cast<std::uint8_t>(async_byte >> 4);
+  const std::uint8_t in_flight_byte = in.byte();
+  c.max_in_flight = in_flight_byte % 4;
+  const std::uint8_t overflow_byte = in.byte();
+  c.overflow =
+      (overflow_byte & 1) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
+  c.block_timeout = std::chrono::microseconds(in.byte() % 100);  // bounded: an input never hangs
+  const std::uint8_t throttle = in.byte();
+  if (throttle % 8 == 0)  // burst 0 (invalid) to 3
+    c.throttle = buffered::Throttle{100000.0, static_cast<std::size_t>((throttle >> 3) % 4)};
+  input.retry_after = std::chrono::microseconds(25 * (throttle >> 5));
+  input.fail_mask = in.byte();
+
+  bool retry_valid = true;
+  const unsigned retry_kind = in_flight_byte >> 2 & 7;
+  const unsigned backoff_bits = in_flight_byte >> 5;
+  if (retry_kind != 0) {
+    buffered::Retry r;
+    constexpr std::array<int, 8> kInitialUs{1, 2, 5, 10, 20, 35, 50, 100};
+    constexpr std::array<double, 4> kMultipliers{1.0, 1.5, 2.0, 4.0};
+    constexpr std::array<double, 4> kJitters{0.0, 0.25, 0.5, 1.0};
+    r.max_attempts = retry_kind == 7 ? 3 : retry_kind;
+    r.initial_backoff = std::chrono::microseconds(kInitialUs[backoff_bits]);
+    r.multiplier = kMultipliers[overflow_byte >> 1 & 3];
+    r.jitter = kJitters[overflow_byte >> 3 & 3];
+    r.max_backoff = r.initial_backoff * (1 + (overflow_byte >> 5));
+    if (retry_kind == 7) {
+      retry_valid = false;  // one field out of range, chosen by the backoff bits
+      switch (backoff_bits) {
+        case 0:
+          r.max_attempts = 0;
+          break;
+        case 1:
+          r.initial_backoff = 0ns;
+          break;
+        case 2:
+          r.initial_backoff = -1us;
+          break;
+        case 3:
+          r.multiplier = 0.5;
+          break;
+        case 4:
+          r.multiplier = std::numeric_limits<double>::infinity();
+          break;
+        case 5:
+          r.max_backoff = r.initial_backoff - 1ns;
+          break;
+        case 6:
+          r.jitter = 1.5;
+          break;
+        default:
+          r.jitter = std::numeric_limits<double>::quiet_NaN();
+          break;
+      }
+    }
+    c.retry = r;
+  }
+
+  input.valid = c.buffer_size != 0 && c.max_batch_size != 0 && c.max_in_flight != 0 &&
+                (c.max_batch_size == 1 || c.max_batch_wait > 0ns) &&
+                (!c.throttle || c.throttle->burst != 0) && retry_valid;
+  switch (form) {
+    case 0:
+      return run_input<Form<Result::boolean, false, false>>(in, input);
+    case 1:
+      return run_input<Form<Result::outcome, true, false>>(in, input);
+    case 2:
+      return run_input<Form<Result::none, false, true>>(in, input);
+    case 3:
+      return run_input<Form<Result::outcome, false, true>>(in, input);
+    case 4:
+      return run_input<Form<Result::boolean, true, true>>(in, input);
+    default:
+      return run_input<Form<Result::none, true, false>>(in, input);
+  }
 }

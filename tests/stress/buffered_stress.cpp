@@ -14,14 +14,35 @@
 // buffer_size events and a full buffer must go at once, not wait for max_batch_wait. Some rounds
 // race a shutdown from another thread against a slow delegate.run(), or have delegate.run() call
 // flush() and stats() on its own backend.
+// Retry: about half the rounds configure BatchConfig::retry (backoffs of microseconds to a few
+// ms; in some rounds long enough, with a deadline shutdown, that the deadline lands while batches
+// wait to retry). The delegate takes one of six forms (member or callable; void, bool or Outcome
+// result; with or without a BatchContext) and fails with every outcome its form can express: a
+// retryable exception, `false`, Outcome::retry() (sometimes with a retry-after), permanent_error,
+// Outcome::permanent_failure().
 // After each round the run checks that
-//   - every accepted id reached the delegate or the error handler exactly once, every refused id
-//     was reported exactly once, with the right kind, and an id whose offer threw was neither;
-//   - the delegate saw each producer's ids in increasing order where the contract promises it
-//     (sync, or async with max_in_flight == 1), and inside every batch otherwise;
-//   - Stats agree with what was observed, and accepted == delivered + failed + abandoned +
-//     pending after every shutdown (pending == 0 after an unbounded one, and after one that
-//     returned true); flush() on a shut-down backend returns at once;
+//   - every accepted id ended exactly once: in a batch whose last attempt delivered it, or
+//     reported delegate_failed, or reported abandoned; every refused id was reported exactly
+//     once, with the right kind, and an id whose offer threw was neither;
+//   - each batch's attempts saw the same events in the same order; only a retryable failure is
+//     followed by another attempt, at most max_attempts in all (one without retry), never one
+//     after an attempt that ended past a shutdown deadline, and not before the backoff floor
+//     (initial_backoff * multiplier^k capped at max_backoff, less jitter) or the retry-after;
+//     a batch failed for good is reported once, as a whole, after its last attempt started and
+//     inside the catch of its exception (none for a returned failure); a retryable failure short
+//     of max_attempts ends abandoned, only when a shutdown deadline was given;
+//   - with a BatchContext: attempt() is 1, 2, 3... per batch, and deadline() is max() before any
+//     shutdown(timeout), never earlier than the earliest deadline given and never later than one
+//     given by a shutdown(timeout) that had returned;
+//   - the delegate saw each producer's ids in increasing order across first attempts where the
+//     contract promises it (sync, or async with max_in_flight == 1), and there it took no further
+//     batch while one waited to retry; inside every batch otherwise;
+//   - flush() returned true only once every event its thread had accepted before was delivered
+//     or failed (it waits for retries);
+//   - Stats agree with what was observed (batches counts every attempt, retries the repeats),
+//     and accepted == delivered + failed + abandoned + pending after every shutdown (pending == 0
+//     after an unbounded one, and after one that returned true); flush() on a shut-down backend
+//     returns at once;
 //   - a failed run() is undone (no threads left, delegate.shutdown() matches delegate.run()), a
 //     later run() makes exactly the worker and max_in_flight dispatch threads, delegate.flush()
 //     never runs outside delegate.run() .. delegate.shutdown();
@@ -35,6 +56,7 @@
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -47,6 +69,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -84,6 +107,8 @@ struct Totals {
   std::uint64_t faults = 0, violations = 0;
   std::uint64_t fault_rounds = 0, alloc_armed = 0, alloc_failed = 0, not_offered = 0;
   std::uint64_t big_batch_rounds = 0;
+  std::uint64_t retry_rounds = 0, context_rounds = 0, retries = 0, retry_abandoned = 0,
+                permanent = 0, retry_delivered = 0;
 };
 
 std::atomic<std::uint64_t> current_seed{0};  // of the round running now, for the messages
@@ -164,16 +189,76 @@ std::size_t settle_threads(std::size_t want) {
   return n;
 }
 
+// The thread count between rounds (the main thread, the watchdog, a sanitizer's own): a round
+// starts with it once the threads joined by earlier rounds have left /proc, which on a loaded
+// machine can take longer than two reads 1 ms apart see (then a round would count a leaving
+// thread as present, and a new one as missing). Learned again if it stops holding.
+std::size_t threads_at_rest() {
+  static std::size_t baseline = 0;
+  if (baseline != 0 && settle_threads(baseline) == baseline) return baseline;
+  baseline = stable_thread_count();
+  return baseline;
+}
+
 // ---- one round ----
+
+// How a delegate call ended, as the library must read it.
+enum class Verdict { delivered, retryable, permanent };
+
+// Thrown by the delegate, naming the call (its index in Observed::calls): the error handler
+// checks that it is called inside the catch of the batch's last exception.
+struct InjectedError : std::runtime_error {
+  std::size_t call;
+  explicit InjectedError(std::size_t c) : std::runtime_error("injected"), call(c) {}
+};
+struct InjectedPermanent : buffered::permanent_error {
+  std::size_t call;
+  explicit InjectedPermanent(std::size_t c) : buffered::permanent_error("permanent"), call(c) {}
+};
+
+// BatchContext::deadline() as read at `before` .. `after`.
+struct DeadlineRead {
+  Clock::time_point before, after, deadline;
+};
+
+// One delegate call.
+struct Call {
+  std::vector<std::uint64_t> ids;
+  Verdict verdict = Verdict::delivered;
+  bool thrown = false;
+  std::chrono::nanoseconds after{0};  // Outcome::retry(after)
+  std::size_t attempt = 0;            // BatchContext::attempt(); 0 without a context
+  std::uint64_t start_seq = 0;        // of Observed::seq
+  Clock::time_point start, end;       // end: just before it returned or threw
+  bool ended = false;
+  bool past_deadline = false;  // it ended after a shutdown deadline it could see had passed
+  std::vector<DeadlineRead> reads;
+};
+
+// A delegate_failed report.
+struct FailedReport {
+  std::vector<std::uint64_t> ids;
+  std::uint64_t seq = 0;
+  std::int64_t exception_call = -1;  // the InjectedError's call; -1: none; -2: something else
+};
+
+// A shutdown(timeout) call: started at t0, returned at `returned` (if it did).
+struct TimedShutdown {
+  Clock::time_point t0, returned;
+  bool has_returned = false;
+  std::chrono::nanoseconds timeout{0};
+};
 
 // What one round observed, filled by the delegate and the error handler.
 struct Observed {
   std::mutex mu;
-  std::vector<std::vector<std::uint64_t>> calls;  // ids per delegate call, in call-start order
-  std::vector<bool> call_failed;
-  std::unordered_map<std::uint64_t, int> delivered, failed_by_delegate;
+  std::vector<Call> calls;  // in call-start order
+  std::atomic<std::uint64_t> seq{0};
   std::unordered_map<std::uint64_t, int> reported_full, reported_shut_down, reported_failed,
       reported_abandoned;
+  std::unordered_map<std::uint64_t, int> settled;  // delivered (call returned) or reported failed
+  std::vector<FailedReport> failed_reports;
+  std::vector<TimedShutdown> timed_shutdowns;
   std::uint64_t faults = 0;
   std::uint64_t bad_payloads = 0;
   // Delegate lifecycle: run() calls that returned, shutdown() calls, flush() calls outside them.
@@ -185,7 +270,7 @@ int times_in(const std::unordered_map<std::uint64_t, int>& seen, std::uint64_t i
   return it == seen.end() ? 0 : it->second;
 }
 
-enum class Fault { none, throws, returns_false, slow, blocks, stuck };
+enum class Fault { none, fails, slow, blocks, stuck };
 
 // Where a fault round injects allocation failures.
 struct FaultPlan {
@@ -193,7 +278,22 @@ struct FaultPlan {
        library_threads = false, delegate_run_throws = false;
 };
 
-struct Sink;
+// The delegate's forms: its result type, whether it takes a BatchContext, member or callable.
+enum class Result { boolean, none, outcome };
+template <Result R, bool WithContext, bool IsCallable>
+struct Form {
+  static constexpr Result result = R;
+  static constexpr bool context = WithContext, callable = IsCallable;
+};
+
+// How a retry round fails its delegate calls.
+struct RetryPlan {
+  bool long_backoff = false;  // backoffs of ms: a shutdown deadline lands while batches wait
+  double fail_rate = 0;       // of calls that fail (besides the fault rounds' failures)
+  double permanent_share = 0;
+  double after_share = 0;  // of Outcome::retry that carry a retry-after
+  std::chrono::microseconds after_max{0};
+};
 
 // Everything the delegate needs, shared with the round.
 struct RoundShared {
@@ -201,6 +301,8 @@ struct RoundShared {
   std::mt19937_64 rng;
   std::mutex rng_mu;
   double fault_rate = 0;
+  RetryPlan retry_plan;
+  bool retry = false;            // BatchConfig::retry is set
   std::int64_t stuck_call = -1;  // this call (by start order) blocks long, if >= 0
   std::uint64_t calls_started = 0;
   FaultPlan plan;
@@ -208,58 +310,17 @@ struct RoundShared {
   std::function<void()> in_run;          // called from delegate.run(): re-enters the backend
 };
 
-// The delegate: checks its lifecycle and records every batch.
-struct Sink {
-  RoundShared& sh;
+// How a call ends, for the form's result type to express.
+struct Ending {
+  enum class How { delivered, returns_false, returns_retry, returns_permanent } how;
+  std::chrono::nanoseconds after{0};  // for returns_retry
+};
 
-  bool process_events(std::span<Event> batch) {
-    library_thread_fault.settle();
-    const HoldFault hold;
-    Fault fault = Fault::none;
-    std::chrono::microseconds nap{0};
-    bool arm_after = false;
-    {
-      std::lock_guard<std::mutex> lock(sh.rng_mu);
-      std::uniform_real_distribution<double> u(0, 1);
-      const double r = u(sh.rng);
-      if (static_cast<std::int64_t>(sh.calls_started++) == sh.stuck_call)
-        fault = Fault::stuck, nap = 250ms;
-      else if (r < sh.fault_rate * 0.3)
-        fault = Fault::throws;
-      else if (r < sh.fault_rate * 0.6)
-        fault = Fault::returns_false;
-      else if (r < sh.fault_rate * 0.9)
-        fault = Fault::slow, nap = std::chrono::microseconds(sh.rng() % 500);
-      else if (r < sh.fault_rate)
-        fault = Fault::blocks, nap = std::chrono::microseconds(2000 + sh.rng() % 18000);
-      arm_after = sh.plan.library_threads && u(sh.rng) < 0.3;
-    }
-    std::vector<std::uint64_t> ids;
-    ids.reserve(batch.size());
-    std::uint64_t bad = 0;
-    for (const Event& e : batch) {
-      ids.push_back(e.id);
-      if (e.payload != payload_for(e.id)) ++bad;
-    }
-    const bool fails = fault == Fault::throws || fault == Fault::returns_false;
-    {
-      std::lock_guard<std::mutex> lock(sh.obs.mu);
-      sh.obs.calls.push_back(std::move(ids));
-      sh.obs.call_failed.push_back(fails);
-      sh.obs.bad_payloads += bad;
-      if (fault != Fault::none) ++sh.obs.faults;
-      for (const Event& e : batch) ++(fails ? sh.obs.failed_by_delegate : sh.obs.delivered)[e.id];
-    }
-    if (nap.count() > 0) std::this_thread::sleep_for(nap);
-    // The library must not allocate on this thread after the call: the next allocation fails.
-    if (fault == Fault::throws) {
-      const std::runtime_error error("injected");  // made before the arming: it allocates
-      if (arm_after) library_thread_fault.arm();
-      throw error;
-    }
-    if (arm_after) library_thread_fault.arm();
-    return fault != Fault::returns_false;
-  }
+// The delegate: checks its lifecycle and records every call. handle() is the work; Sink<F>
+// gives it the form F.
+class SinkBase {
+ public:
+  explicit SinkBase(RoundShared& shared) : sh(shared) {}
 
   void run() {
     const HoldFault hold;
@@ -281,6 +342,168 @@ struct Sink {
     const HoldFault hold;
     if (sh.obs.runs.load() <= sh.obs.shutdowns.load()) sh.obs.bad_flushes.fetch_add(1);
   }
+
+ protected:
+  Ending handle(std::span<Event> batch, const buffered::BatchContext* context, Result form) {
+    library_thread_fault.settle();
+    const HoldFault hold;
+    DeadlineRead first_read{};
+    if (context != nullptr) {
+      first_read.before = Clock::now();
+      first_read.deadline = context->deadline();
+      first_read.after = Clock::now();
+    }
+    const Clock::time_point start = Clock::now();
+    Fault fault = Fault::none;
+    std::chrono::microseconds nap{0};
+    bool arm_after = false;
+    Verdict verdict = Verdict::delivered;
+    bool thrown = false;
+    std::chrono::nanoseconds after{0};
+    {
+      std::lock_guard<std::mutex> lock(sh.rng_mu);
+      std::uniform_real_distribution<double> u(0, 1);
+      const double r = u(sh.rng);
+      if (static_cast<std::int64_t>(sh.calls_started++) == sh.stuck_call) {
+        fault = Fault::stuck, nap = 250ms;
+        // With retry, a stuck call that fails ends past the deadline: never attempted again.
+        if (sh.retry && u(sh.rng) < 0.5) verdict = Verdict::retryable;
+      } else if (r < sh.fault_rate * 0.6) {
+        fault = Fault::fails;
+      } else if (r < sh.fault_rate * 0.9) {
+        fault = Fault::slow, nap = std::chrono::microseconds(sh.rng() % 500);
+      } else if (r < sh.fault_rate) {
+        fault = Fault::blocks, nap = std::chrono::microseconds(2000 + sh.rng() % 18000);
+      } else if (u(sh.rng) < sh.retry_plan.fail_rate) {
+        fault = Fault::fails;
+      }
+      if (fault == Fault::fails) {
+        verdict =
+            u(sh.rng) < sh.retry_plan.permanent_share ? Verdict::permanent : Verdict::retryable;
+      }
+      if (verdict != Verdict::delivered) {
+        // Throw, or return what the form can say (void can only throw).
+        thrown = form == Result::none || sh.rng() % 2 == 0;
+        if (!thrown && verdict == Verdict::retryable && form == Result::outcome &&
+            u(sh.rng) < sh.retry_plan.after_share) {
+          after = std::chrono::microseconds(
+              1 + sh.rng() % static_cast<std::uint64_t>(sh.retry_plan.after_max.count() + 1));
+        }
+        // bool cannot say "permanent": it throws permanent_error.
+        if (verdict == Verdict::permanent && form == Result::boolean) thrown = true;
+      }
+      arm_after = sh.plan.library_threads && u(sh.rng) < 0.3;
+    }
+    std::vector<std::uint64_t> ids;
+    ids.reserve(batch.size());
+    std::uint64_t bad = 0;
+    for (const Event& e : batch) {
+      ids.push_back(e.id);
+      if (e.payload != payload_for(e.id)) ++bad;
+    }
+    std::size_t index = 0;
+    {
+      std::lock_guard<std::mutex> lock(sh.obs.mu);
+      index = sh.obs.calls.size();
+      Call call;
+      call.ids = std::move(ids);
+      call.verdict = verdict;
+      call.thrown = thrown;
+      call.after = after;
+      call.attempt = context != nullptr ? context->attempt() : 0;
+      call.start_seq = sh.obs.seq.fetch_add(1);
+      call.start = start;
+      if (context != nullptr) call.reads.push_back(first_read);
+      sh.obs.calls.push_back(std::move(call));
+      sh.obs.bad_payloads += bad;
+      if (fault != Fault::none) ++sh.obs.faults;
+    }
+    if (nap.count() > 0) std::this_thread::sleep_for(nap);
+    {
+      DeadlineRead last_read{};
+      if (context != nullptr) {
+        last_read.before = Clock::now();
+        last_read.deadline = context->deadline();
+        last_read.after = Clock::now();
+      }
+      const Clock::time_point end = Clock::now();
+      std::lock_guard<std::mutex> lock(sh.obs.mu);
+      Call& call = sh.obs.calls[index];
+      call.end = end;
+      call.ended = true;
+      if (context != nullptr) {
+        call.reads.push_back(last_read);
+        // Read before `end`: the library, checking after the return, sees it has passed.
+        if (last_read.deadline != Clock::time_point::max() && end >= last_read.deadline)
+          call.past_deadline = true;
+      }
+      if (verdict == Verdict::delivered) {
+        for (const Event& e : batch) ++sh.obs.settled[e.id];
+      }
+    }
+    // The library must not allocate on this thread after the call: the next allocation fails.
+    if (thrown) {
+      // Made before the arming: it allocates.
+      if (verdict == Verdict::permanent) {
+        const InjectedPermanent error(index);
+        if (arm_after) library_thread_fault.arm();
+        throw error;
+      }
+      const InjectedError error(index);
+      if (arm_after) library_thread_fault.arm();
+      throw error;
+    }
+    if (arm_after) library_thread_fault.arm();
+    if (verdict == Verdict::delivered) return {Ending::How::delivered};
+    if (verdict == Verdict::permanent) return {Ending::How::returns_permanent};
+    if (form == Result::boolean) return {Ending::How::returns_false};
+    return {Ending::How::returns_retry, after};
+  }
+
+  RoundShared& sh;
+};
+
+template <class F>
+class Sink : public SinkBase {
+ public:
+  using SinkBase::SinkBase;
+  static constexpr bool form_context = F::context;
+  using R =
+      std::conditional_t<F::result == Result::boolean, bool,
+                         std::conditional_t<F::result == Result::none, void, buffered::Outcome>>;
+
+  R process_events(std::span<Event> batch) requires(!F::context && !F::callable) {
+    return convert(handle(batch, nullptr, F::result));
+  }
+  R process_events(std::span<Event> batch,
+                   const buffered::BatchContext& context) requires(F::context && !F::callable) {
+    return convert(handle(batch, &context, F::result));
+  }
+  R operator()(std::span<Event> batch) requires(!F::context && F::callable) {
+    return convert(handle(batch, nullptr, F::result));
+  }
+  R operator()(std::span<Event> batch,
+               const buffered::BatchContext& context) requires(F::context&& F::callable) {
+    return convert(handle(batch, &context, F::result));
+  }
+
+ private:
+  static R convert(Ending ending) {
+    if constexpr (F::result == Result::none) {
+      (void)ending;
+    } else if constexpr (F::result == Result::boolean) {
+      return ending.how == Ending::How::delivered;
+    } else {
+      switch (ending.how) {
+        case Ending::How::delivered:
+          return buffered::Outcome::delivered();
+        case Ending::How::returns_permanent:
+          return buffered::Outcome::permanent_failure();
+        default:
+          return buffered::Outcome::retry(ending.after);
+      }
+    }
+  }
 };
 
 class Round {
@@ -291,6 +514,27 @@ class Round {
   // Runs one round; returns the number of violations found.
   std::uint64_t run(Totals& totals) {
     buffered::BatchConfig c = random_config();
+    const RetryPlan retry_plan = random_retry(c);
+    switch (pick(0, 5)) {
+      case 0:
+        return run_as<Sink<Form<Result::boolean, false, false>>>(totals, c, retry_plan);
+      case 1:
+        return run_as<Sink<Form<Result::outcome, true, false>>>(totals, c, retry_plan);
+      case 2:
+        return run_as<Sink<Form<Result::none, false, true>>>(totals, c, retry_plan);
+      case 3:
+        return run_as<Sink<Form<Result::outcome, false, true>>>(totals, c, retry_plan);
+      case 4:
+        return run_as<Sink<Form<Result::boolean, true, true>>>(totals, c, retry_plan);
+      default:
+        return run_as<Sink<Form<Result::none, true, false>>>(totals, c, retry_plan);
+    }
+  }
+
+ private:
+  template <class SinkType>
+  std::uint64_t run_as(Totals& totals, buffered::BatchConfig c, const RetryPlan& retry_plan) {
+    const bool with_context = SinkType::form_context;
     const std::uint32_t producers = pick(1, 4);
     const std::uint32_t per_producer = pick(50, 3000);
     const bool run_late = chance(0.1);
@@ -298,11 +542,17 @@ class Round {
     // 0: shutdown(), 1: shutdown(deadline), 2: two callers, 3: the destructor alone (after the
     // producers finish, so not for a backend that never runs: its blocked producers would wait
     // for a shutdown that only comes after them).
-    const int shutdown_style = static_cast<int>(pick(0, never_run ? 2 : 3));
+    // Long backoffs: a deadline shutdown, so that it lands while batches wait to retry (and an
+    // unbounded drain would take long).
+    const int shutdown_style = retry_plan.long_backoff
+                                   ? static_cast<int>(pick(1, 2))
+                                   : static_cast<int>(pick(0, never_run ? 2 : 3));
     const auto shutdown_after = std::chrono::microseconds(pick(0, 30000));
     const auto deadline = std::chrono::microseconds(pick(0, 20000));
     RoundShared sh;
     sh.fault_rate = chance(0.5) ? 0.0 : 0.1;
+    sh.retry_plan = retry_plan;
+    sh.retry = c.retry.has_value();
     // One delegate call outlives any shutdown deadline: pending, and flush() after shutdown.
     if (shutdown_style == 1 || shutdown_style == 2) {
       if (chance(0.05)) sh.stuck_call = pick(0, 8);
@@ -322,6 +572,7 @@ class Round {
     // A full buffer is a full batch: with a long max_batch_wait, blocked producers must still
     // move at full speed. Probed before the shutdown (producers do not flush in this round).
     const bool stall_probe = big_batch && !run_late && !never_run && !c.throttle &&
+                             retry_plan.fail_rate == 0 &&
                              c.overflow == buffered::OverflowPolicy::block &&
                              c.block_timeout == std::chrono::nanoseconds::max() && chance(0.5);
     if (stall_probe) c.max_batch_wait = 5s;
@@ -329,7 +580,7 @@ class Round {
     const bool race_run = run_late && !never_run && chance(0.3);
     if (race_run) sh.run_nap = std::chrono::microseconds(pick(0, 3000));
     const auto race_after = std::chrono::microseconds(pick(0, 4000));
-    const bool race_deadline = chance(0.5);
+    const bool race_deadline = retry_plan.long_backoff || chance(0.5);
     // delegate.run() calls flush() and stats() on its own backend: neither may wait for run().
     const bool reenter_run = chance(0.2);
 
@@ -337,7 +588,7 @@ class Round {
     std::vector<std::mt19937_64> producer_rngs;
     for (std::uint32_t p = 0; p < producers; ++p) producer_rngs.emplace_back(rng_());
     Observed& obs = sh.obs;
-    Sink sink{sh};
+    SinkType sink(sh);
 
     std::uint64_t v = 0;
     std::mutex violation_mu;
@@ -351,6 +602,22 @@ class Round {
 
     auto on_error = [&obs](buffered::ErrorKind kind, std::span<const Event> events) {
       const HoldFault hold;
+      // delegate_failed is reported inside the catch of the last attempt's exception, if any.
+      std::int64_t exception_call = -1;
+      if (kind == buffered::ErrorKind::delegate_failed) {
+        if (const std::exception_ptr cause = std::current_exception()) {
+          try {
+            std::rethrow_exception(cause);
+          } catch (const InjectedError& e) {
+            exception_call = static_cast<std::int64_t>(e.call);
+          } catch (const InjectedPermanent& e) {
+            exception_call = static_cast<std::int64_t>(e.call);
+          } catch (...) {
+            exception_call = -2;
+          }
+        }
+      }
+      const std::uint64_t seq = obs.seq.fetch_add(1);
       std::lock_guard<std::mutex> lock(obs.mu);
       auto& into = kind == buffered::ErrorKind::buffer_full       ? obs.reported_full
                    : kind == buffered::ErrorKind::shut_down       ? obs.reported_shut_down
@@ -358,8 +625,18 @@ class Round {
                                                                   : obs.reported_abandoned;
       for (const Event& e : events) {
         ++into[e.id];
-        if (kind != buffered::ErrorKind::delegate_failed && e.payload != payload_for(e.id))
-          ++obs.bad_payloads;
+        // The delegate never moves from events: a failed batch is reported as it was offered.
+        if (e.payload != payload_for(e.id)) ++obs.bad_payloads;
+      }
+      if (kind == buffered::ErrorKind::delegate_failed) {
+        FailedReport report;
+        report.seq = seq;
+        report.exception_call = exception_call;
+        for (const Event& e : events) {
+          report.ids.push_back(e.id);
+          ++obs.settled[e.id];
+        }
+        obs.failed_reports.push_back(std::move(report));
       }
     };
 
@@ -387,7 +664,7 @@ class Round {
     std::vector<std::vector<std::uint64_t>> accepted(producers), refused(producers),
         not_offered(producers);
     buffered::Stats stats{};
-    using Backend = buffered::BufferedBackend<Event, Sink&>;
+    using Backend = buffered::BufferedBackend<Event, SinkType&>;
     std::optional<Backend> backend;
 
     // Construction: with faults, every allocation in turn fails (sometimes all from it on) and
@@ -425,7 +702,7 @@ class Round {
     }
 
     // run(): retried after a failure, which must leave nothing running.
-    const std::size_t threads_before = run_late || never_run ? 0 : stable_thread_count();
+    const std::size_t threads_before = run_late || never_run ? 0 : threads_at_rest();
     const std::size_t threads_expected =
         threads_before + 1 + (c.async_delegate ? c.max_in_flight : 0);
     if (reenter_run) {
@@ -499,6 +776,26 @@ class Round {
       }
     };
 
+    // shutdown(timeout), with when it started and returned, for the BatchContext checks.
+    auto timed_shutdown = [&](std::chrono::microseconds timeout) {
+      std::size_t index = 0;
+      {
+        const HoldFault hold;
+        std::lock_guard<std::mutex> lock(obs.mu);
+        index = obs.timed_shutdowns.size();
+        obs.timed_shutdowns.push_back({Clock::now(), {}, false, timeout});
+      }
+      const bool result = backend->shutdown(timeout);
+      const Clock::time_point returned = Clock::now();
+      {
+        const HoldFault hold;
+        std::lock_guard<std::mutex> lock(obs.mu);
+        obs.timed_shutdowns[index].returned = returned;
+        obs.timed_shutdowns[index].has_returned = true;
+      }
+      return result;
+    };
+
     std::atomic<std::uint32_t> producers_done{0};
     {
       if (!run_late && !never_run) start(false, false);
@@ -509,6 +806,7 @@ class Round {
           auto& prng = producer_rngs[p];
           std::uint32_t seq = 0;
           int after_shutdown = 0;
+          std::size_t flush_checked = 0;  // accepted[p] before this index: settled at a flush
           while (seq < per_producer && after_shutdown < 3) {
             if (stop_producing.load(std::memory_order_relaxed)) ++after_shutdown;
             const unsigned op = static_cast<unsigned>(prng() % (stall_probe ? 95 : 100));
@@ -581,14 +879,28 @@ class Round {
             } else {
               const auto timeout = std::chrono::microseconds(prng() % 2000);
               ThreadFault f(alloc_armed, alloc_failed, plan.flush && prng() % 4 == 0);
+              bool flushed = false;
               try {
-                backend->flush(timeout);
+                flushed = backend->flush(timeout);
               } catch (...) {
                 f.disarm();
                 violation("flush() threw");
                 continue;
               }
               if (f.disarm()) violation("flush() allocated (an injected failure fired in it)");
+              if (flushed) {
+                // Every event this thread had accepted is delivered or failed: none waits for a
+                // retry, none was abandoned.
+                std::lock_guard<std::mutex> lock(obs.mu);
+                for (; flush_checked < accepted[p].size(); ++flush_checked) {
+                  const std::uint64_t id = accepted[p][flush_checked];
+                  if (times_in(obs.settled, id) == 0) {
+                    violation("flush() returned true before accepted id " + std::to_string(id) +
+                              " was delivered or failed");
+                    break;
+                  }
+                }
+              }
             }
             if (prng() % 64 == 0) std::this_thread::yield();
           }
@@ -617,7 +929,7 @@ class Round {
           racer = std::thread([&] {
             std::this_thread::sleep_for(race_after);
             if (race_deadline) {
-              backend->shutdown(deadline);
+              timed_shutdown(deadline);
             } else {
               backend->shutdown();
             }
@@ -634,7 +946,7 @@ class Round {
         bool result = false;
         ThreadFault f(alloc_armed, alloc_failed, plan.shutdown && fault_chance(0.5));
         try {
-          result = timeout ? backend->shutdown(*timeout) : backend->shutdown();
+          result = timeout ? timed_shutdown(*timeout) : backend->shutdown();
         } catch (...) {
           f.disarm();
           violation("shutdown() threw");
@@ -697,34 +1009,220 @@ class Round {
     alloc_failed += library_fired;
 
     std::lock_guard<std::mutex> lock(obs.mu);
+
+    // ---- batches: the calls grouped by their first id (each accepted id is in one batch) ----
+    const std::size_t max_attempts = c.retry ? c.retry->max_attempts : 1;
+    std::unordered_map<std::uint64_t, std::vector<std::size_t>> batches;  // first id -> calls
+    std::vector<std::uint64_t> batch_order;                               // first ids, in order
+    for (std::size_t i = 0; i < obs.calls.size(); ++i) {
+      const Call& call = obs.calls[i];
+      if (call.ids.empty()) {
+        violation("an empty batch reached the delegate");
+        continue;
+      }
+      if (!call.ended) violation("a delegate call had not returned after the shutdown");
+      auto& attempts = batches[call.ids.front()];
+      if (attempts.empty()) batch_order.push_back(call.ids.front());
+      attempts.push_back(i);
+    }
+    // How each batch ended, by what the delegate said and what was reported.
+    enum class End { delivered, failed, abandoned };
+    std::unordered_map<std::uint64_t, End> batch_end;
+    std::unordered_map<std::uint64_t, std::uint64_t> batch_of;  // id -> first id of its batch
+    std::unordered_map<std::uint64_t, const FailedReport*> report_of;  // first id -> report
+    for (const FailedReport& report : obs.failed_reports) {
+      if (report.ids.empty()) continue;
+      if (!report_of.emplace(report.ids.front(), &report).second)
+        violation("two delegate_failed reports start with id " +
+                  std::to_string(report.ids.front()));
+    }
+    // The earliest deadline a shutdown(timeout) gave is at least t0 + timeout, and once that
+    // call has returned, at most returned + timeout.
+    std::optional<Clock::time_point> first_shutdown_start, earliest_given;
+    for (const TimedShutdown& t : obs.timed_shutdowns) {
+      const auto given = t.t0 + t.timeout;
+      if (!earliest_given || given < *earliest_given) earliest_given = given;
+      if (!first_shutdown_start || t.t0 < *first_shutdown_start) first_shutdown_start = t.t0;
+    }
+    auto past_a_deadline_at = [&](Clock::time_point when) {
+      for (const TimedShutdown& t : obs.timed_shutdowns) {
+        if (t.has_returned && when >= t.returned + t.timeout) return true;
+      }
+      return false;
+    };
+    std::uint64_t n_retries = 0, n_retry_abandoned = 0, n_permanent = 0, n_retry_delivered = 0;
+    for (const std::uint64_t key : batch_order) {
+      const std::vector<std::size_t>& attempts = batches[key];
+      const Call& first = obs.calls[attempts.front()];
+      const Call& last = obs.calls[attempts.back()];
+      const std::string which = "batch starting with id " + std::to_string(key) + " (" +
+                                std::to_string(attempts.size()) + " attempts)";
+      n_retries += attempts.size() - 1;
+      for (const std::uint64_t id : first.ids) {
+        if (!batch_of.emplace(id, key).second)
+          violation("id " + std::to_string(id) + " reached the delegate in two batches");
+      }
+      if (attempts.size() > max_attempts) {
+        violation(which + ": more than max_attempts " + std::to_string(max_attempts));
+      }
+      for (std::size_t k = 0; k < attempts.size(); ++k) {
+        const Call& call = obs.calls[attempts[k]];
+        if (call.ids != first.ids) {
+          violation(which + ": attempt " + std::to_string(k + 1) +
+                    " saw other events than the first");
+        }
+        if (with_context && call.attempt != k + 1) {
+          violation(which + ": BatchContext::attempt() " + std::to_string(call.attempt) +
+                    " on attempt " + std::to_string(k + 1));
+        }
+        if (k + 1 == attempts.size()) break;
+        // Another attempt follows this one.
+        if (call.verdict != Verdict::retryable) {
+          violation(which + ": attempt " + std::to_string(k + 1) + " was " +
+                    (call.verdict == Verdict::delivered ? "delivered" : "a permanent failure") +
+                    ", yet the batch was attempted again");
+        }
+        if (call.past_deadline || past_a_deadline_at(call.end)) {
+          violation(which + ": attempted again after attempt " + std::to_string(k + 1) +
+                    " ended past the shutdown deadline");
+        }
+        // Not before the backoff (less its jitter), or the retry-after.
+        const Call& next = obs.calls[attempts[k + 1]];
+        double floor_ns = 0;
+        if (call.after > std::chrono::nanoseconds::zero()) {
+          floor_ns = static_cast<double>(call.after.count());
+        } else if (c.retry) {
+          const buffered::Retry& r = *c.retry;
+          floor_ns = std::min(static_cast<double>(r.max_backoff.count()),
+                              static_cast<double>(r.initial_backoff.count()) *
+                                  std::pow(r.multiplier, static_cast<double>(k))) *
+                     (1.0 - r.jitter);
+        }
+        const double gap_ns =
+            static_cast<double>(std::chrono::nanoseconds(next.start - call.end).count());
+        if (gap_ns < floor_ns * (1 - 1e-9) - 2) {
+          violation(which + ": attempt " + std::to_string(k + 2) + " began " +
+                    std::to_string(gap_ns / 1000) + " us after attempt " + std::to_string(k + 1) +
+                    " ended, the " +
+                    (call.after > std::chrono::nanoseconds::zero() ? "retry-after" : "backoff") +
+                    " is at least " + std::to_string(floor_ns / 1000) + " us");
+        }
+      }
+      End end = End::delivered;
+      if (last.verdict == Verdict::delivered) {
+        end = End::delivered;
+        if (attempts.size() > 1) ++n_retry_delivered;
+      } else if (last.verdict == Verdict::permanent || attempts.size() >= max_attempts) {
+        end = End::failed;
+        if (last.verdict == Verdict::permanent) ++n_permanent;
+      } else {
+        // A retryable failure short of max_attempts: only a shutdown deadline ends it.
+        end = End::abandoned;
+        ++n_retry_abandoned;
+        if (obs.timed_shutdowns.empty()) {
+          violation(which +
+                    ": its retryable failure was neither retried nor failed, and no "
+                    "shutdown deadline was given");
+        }
+      }
+      batch_end[key] = end;
+      const auto report = report_of.find(key);
+      if (end == End::failed) {
+        if (report == report_of.end()) {
+          violation(which + ": failed for good, never reported delegate_failed as a whole");
+        } else {
+          const FailedReport& r = *report->second;
+          if (r.ids != first.ids) violation(which + ": its delegate_failed report differs");
+          if (r.seq < last.start_seq)
+            violation(which + ": reported delegate_failed before its last attempt");
+          const std::int64_t want =
+              last.thrown ? static_cast<std::int64_t>(attempts.back()) : std::int64_t{-1};
+          if (r.exception_call != want) {
+            violation(which + ": reported delegate_failed with std::current_exception() " +
+                      (r.exception_call == -1   ? std::string("null")
+                       : r.exception_call == -2 ? std::string("of another type")
+                                                : "of call " + std::to_string(r.exception_call)) +
+                      ", its last attempt " +
+                      (last.thrown ? "threw (call " + std::to_string(attempts.back()) + ")"
+                                   : std::string("returned a failure")));
+          }
+        }
+      } else if (report != report_of.end()) {
+        violation(which + ": reported delegate_failed, yet it ended " +
+                  (end == End::delivered ? "delivered" : "waiting for a retry"));
+      }
+    }
+    for (const auto& [key, report] : report_of) {
+      if (batches.find(key) == batches.end())
+        violation("a delegate_failed report for events no delegate call had");
+    }
+
+    // ---- BatchContext::deadline() ----
+    if (with_context) {
+      for (const Call& call : obs.calls) {
+        for (const DeadlineRead& read : call.reads) {
+          const bool none = read.deadline == Clock::time_point::max();
+          if (!first_shutdown_start || read.after < *first_shutdown_start) {
+            if (!none) violation("BatchContext::deadline() was set before any shutdown(timeout)");
+            continue;
+          }
+          if (!none && earliest_given && read.deadline < *earliest_given)
+            violation("BatchContext::deadline() earlier than any deadline given");
+          for (const TimedShutdown& t : obs.timed_shutdowns) {
+            if (t.has_returned && read.before > t.returned &&
+                read.deadline > t.returned + t.timeout) {
+              violation("BatchContext::deadline() later than the deadline of a shutdown(" +
+                        std::to_string(t.timeout.count()) + " ns) that had returned" +
+                        (none ? " (still max())" : ""));
+              break;
+            }
+          }
+        }
+      }
+    }
+
+    // ---- every id ----
     std::uint64_t n_accepted = 0, n_refused = 0, n_not_offered = 0;
+    std::uint64_t delivered = 0, failed = 0;
+    auto ended_as = [&](std::uint64_t id) -> std::optional<End> {
+      const auto b = batch_of.find(id);
+      if (b == batch_of.end()) return std::nullopt;
+      return batch_end[b->second];
+    };
     for (std::uint32_t p = 0; p < producers; ++p) {
       n_accepted += accepted[p].size();
       n_refused += refused[p].size();
       n_not_offered += not_offered[p].size();
       for (std::uint64_t id : accepted[p]) {
-        const int times = times_in(obs.delivered, id) + times_in(obs.failed_by_delegate, id) +
-                          times_in(obs.reported_abandoned, id);
+        const std::optional<End> end = ended_as(id);
+        const int by_delegate = end == End::delivered ? 1 : 0;
+        const int times =
+            by_delegate + times_in(obs.reported_failed, id) + times_in(obs.reported_abandoned, id);
         if (times != 1)
-          violation("accepted id " + std::to_string(id) + " seen " + std::to_string(times) +
-                    " times");
-        if (times_in(obs.failed_by_delegate, id) != times_in(obs.reported_failed, id)) {
+          violation("accepted id " + std::to_string(id) + " ended " + std::to_string(times) +
+                    " times (delivered " + std::to_string(by_delegate) + ", reported failed " +
+                    std::to_string(times_in(obs.reported_failed, id)) + ", abandoned " +
+                    std::to_string(times_in(obs.reported_abandoned, id)) + ")");
+        if ((end == End::failed) != (times_in(obs.reported_failed, id) == 1)) {
           violation("failed id " + std::to_string(id) + " not reported exactly once");
         }
+        if (end == End::abandoned && times_in(obs.reported_abandoned, id) != 1)
+          violation("id " + std::to_string(id) + " of a batch cut short not reported abandoned");
+        if (end == End::delivered) ++delivered;
+        if (end == End::failed) ++failed;
       }
       for (std::uint64_t id : refused[p]) {
         const int times = times_in(obs.reported_full, id) + times_in(obs.reported_shut_down, id);
         if (times != 1)
           violation("refused id " + std::to_string(id) + " reported " + std::to_string(times) +
                     " times");
-        if (times_in(obs.delivered, id) + times_in(obs.failed_by_delegate, id) +
-                times_in(obs.reported_abandoned, id) !=
-            0) {
+        if (batch_of.count(id) != 0 ||
+            times_in(obs.reported_failed, id) + times_in(obs.reported_abandoned, id) != 0) {
           violation("refused id " + std::to_string(id) + " was also accepted");
         }
       }
       for (std::uint64_t id : not_offered[p]) {
-        const int times = times_in(obs.delivered, id) + times_in(obs.failed_by_delegate, id) +
+        const int times = static_cast<int>(batch_of.count(id)) + times_in(obs.reported_failed, id) +
                           times_in(obs.reported_abandoned, id) + times_in(obs.reported_full, id) +
                           times_in(obs.reported_shut_down, id);
         if (times != 0)
@@ -735,33 +1233,92 @@ class Round {
     std::uint64_t reported_failed_total = 0;
     for (const auto& [id, n] : obs.reported_failed)
       reported_failed_total += static_cast<std::uint64_t>(n);
-    if (reported_failed_total != obs.failed_by_delegate.size())
-      violation("delegate_failed reports do not match failed batches");
+    if (reported_failed_total != failed)
+      violation("delegate_failed reports (" + std::to_string(reported_failed_total) +
+                " events) do not match failed batches (" + std::to_string(failed) + " events)");
     if (obs.bad_payloads != 0)
       violation(std::to_string(obs.bad_payloads) + " events arrived with a wrong payload");
 
-    // Order: per producer across calls where promised, and inside every call. Size: a batch
-    // holds at most min(max_batch_size, buffer_size) events.
+    // Order: per producer across first attempts where promised (where, too, the worker takes no
+    // further batch while one waits to retry), and inside every call. Size: a batch holds at
+    // most min(max_batch_size, buffer_size) events.
     const bool ordered = !c.async_delegate || c.max_in_flight == 1;
     const std::size_t batch_limit = std::min(c.max_batch_size, c.buffer_size);
     std::vector<std::int64_t> last(producers, -1);
-    for (const auto& call : obs.calls) {
+    std::unordered_map<std::uint64_t, int> attempts_seen;
+    std::optional<std::uint64_t> current_batch;
+    for (const Call& call : obs.calls) {
+      if (call.ids.empty()) continue;
+      const bool first_attempt = attempts_seen[call.ids.front()]++ == 0;
+      if (ordered) {
+        if (current_batch && *current_batch != call.ids.front() && !first_attempt) {
+          violation("batch starting with id " + std::to_string(call.ids.front()) +
+                    " attempted again after another batch was taken");
+        }
+        current_batch = call.ids.front();
+      }
       std::vector<std::int64_t> in_call(producers, -1);
-      for (std::uint64_t id : call) {
+      for (std::uint64_t id : call.ids) {
         const auto p = static_cast<std::uint32_t>(id >> 32);
         const auto seq = static_cast<std::int64_t>(id & 0xffffffffu);
         if (seq <= in_call[p]) violation("order broken inside a batch");
         in_call[p] = seq;
-        if (ordered) {
+        if (ordered && first_attempt) {
           if (seq <= last[p])
             violation("order broken across batches for producer " + std::to_string(p));
           last[p] = seq;
         }
       }
-      if (call.empty()) violation("an empty batch reached the delegate");
-      if (call.size() > batch_limit) {
-        violation("a batch of " + std::to_string(call.size()) + " events, limit " +
+      if (call.ids.size() > batch_limit) {
+        violation("a batch of " + std::to_string(call.ids.size()) + " events, limit " +
                   std::to_string(batch_limit));
+      }
+    }
+
+    // A batch keeps its place while it waits to retry: from its first attempt's start to its
+    // last attempt's end it holds the worker (sync) or a dispatch slot (async), so no more than
+    // that many batches are under way at once.
+    {
+      const std::size_t slots = c.async_delegate ? c.max_in_flight : 1;
+      std::vector<std::pair<Clock::time_point, int>> edges;
+      for (const std::uint64_t key : batch_order) {
+        const std::vector<std::size_t>& attempts = batches[key];
+        edges.emplace_back(obs.calls[attempts.front()].start, +1);
+        edges.emplace_back(obs.calls[attempts.back()].end, -1);
+      }
+      std::sort(edges.begin(), edges.end());  // at equal times an end (-1) comes first
+      std::size_t under_way = 0, most = 0;
+      for (const auto& edge : edges) {
+        under_way = edge.second > 0 ? under_way + 1 : under_way - 1;
+        most = std::max(most, under_way);
+      }
+      if (most > slots) {
+        violation(std::to_string(most) + " batches under way at once (first attempt to last), " +
+                  std::to_string(slots) + (c.async_delegate ? " dispatch slots" : " worker"));
+      }
+    }
+
+    // One throttle token per attempt. In sync mode call k's token was taken after call k-1
+    // ended and before call k started: tokens taken in [end(i), start(j)] for calls i+1..j are
+    // at most burst + qps * (start(j) - end(i)) (plus one for rounding).
+    if (c.throttle && !c.async_delegate) {
+      const double qps = c.throttle->qps;
+      const double burst = static_cast<double>(c.throttle->burst);
+      bool reported = false;
+      for (std::size_t i = 0; i < obs.calls.size() && !reported; ++i) {
+        for (std::size_t j = i + 1; j < obs.calls.size(); ++j) {
+          const double span =
+              std::chrono::duration<double>(obs.calls[j].start - obs.calls[i].end).count();
+          const double allowed = burst + qps * std::max(0.0, span) + 1;
+          if (static_cast<double>(j - i) > allowed) {
+            violation("throttle: " + std::to_string(j - i) + " delegate calls within " +
+                      std::to_string(span * 1e6) + " us, qps " + std::to_string(qps) + " burst " +
+                      std::to_string(c.throttle->burst));
+            reported = true;
+            break;
+          }
+          if (j - i > 4 * c.throttle->burst + 64) break;  // far enough: cheap
+        }
       }
     }
 
@@ -775,39 +1332,56 @@ class Round {
     if (obs.bad_shutdowns != 0) violation("delegate.shutdown() without a delegate.run()");
     if (obs.bad_flushes != 0) violation("delegate.flush() outside delegate.run() .. shutdown()");
 
-    std::uint64_t delivered = obs.delivered.size(), failed = obs.failed_by_delegate.size(),
-                  abandoned = obs.reported_abandoned.size();
+    const std::uint64_t abandoned = obs.reported_abandoned.size();
     if (shutdown_style != 3) {
       if (stats.accepted != n_accepted)
         violation("Stats.accepted " + std::to_string(stats.accepted) +
                   " != " + std::to_string(n_accepted));
-      if (stats.delivered != delivered) violation("Stats.delivered mismatch");
-      if (stats.failed != failed) violation("Stats.failed mismatch");
-      if (stats.abandoned != abandoned) violation("Stats.abandoned mismatch");
+      if (stats.delivered != delivered)
+        violation("Stats.delivered " + std::to_string(stats.delivered) + " != observed " +
+                  std::to_string(delivered));
+      if (stats.failed != failed)
+        violation("Stats.failed " + std::to_string(stats.failed) + " != observed " +
+                  std::to_string(failed));
+      if (stats.abandoned != abandoned)
+        violation("Stats.abandoned " + std::to_string(stats.abandoned) + " != reported " +
+                  std::to_string(abandoned));
       if (stats.rejected_full != obs.reported_full.size())
         violation("Stats.rejected_full mismatch");
       if (stats.rejected_shut_down != obs.reported_shut_down.size())
         violation("Stats.rejected_shut_down mismatch");
       if (stats.accepted != stats.delivered + stats.failed + stats.abandoned + stats.pending)
         violation("accounting identity broken");
-      if (stats.batches != obs.calls.size()) violation("Stats.batches mismatch");
+      if (stats.batches != obs.calls.size())
+        violation("Stats.batches " + std::to_string(stats.batches) + " != delegate calls " +
+                  std::to_string(obs.calls.size()));
+      if (stats.retries != n_retries)
+        violation("Stats.retries " + std::to_string(stats.retries) + " != repeated calls " +
+                  std::to_string(n_retries));
       if (stats.queued != 0 || stats.in_flight != 0) violation("work left after shutdown");
     }
     if (never_run && !obs.calls.empty()) violation("a never-run backend called its delegate");
 
     if (verbose_) {
-      std::fprintf(stderr,
-                   "round seed=%" PRIu64
-                   " producers=%u per=%u buffer=%zu batch=%zu async=%d inflight=%zu "
-                   "block=%d throttle=%d shutdown=%d accepted=%" PRIu64 " refused=%" PRIu64
-                   " not_offered=%" PRIu64 " abandoned=%" PRIu64 " alloc_armed=%" PRIu64
-                   " alloc_failed=%" PRIu64 "%s%s%s%s\n",
-                   seed_, producers, per_producer, c.buffer_size, c.max_batch_size,
-                   c.async_delegate, c.max_in_flight, c.overflow == buffered::OverflowPolicy::block,
-                   c.throttle.has_value(), shutdown_style, n_accepted, n_refused, n_not_offered,
-                   abandoned, alloc_armed.load(), alloc_failed.load(),
-                   stall_probe ? " stall_probe" : "", sh.stuck_call >= 0 ? " stuck_call" : "",
-                   race_run ? " race_run" : "", reenter_run ? " reenter_run" : "");
+      std::fprintf(
+          stderr,
+          "round seed=%" PRIu64
+          " producers=%u per=%u buffer=%zu batch=%zu async=%d inflight=%zu "
+          "block=%d throttle=%d shutdown=%d accepted=%" PRIu64 " refused=%" PRIu64
+          " not_offered=%" PRIu64 " abandoned=%" PRIu64 " alloc_armed=%" PRIu64
+          " alloc_failed=%" PRIu64
+          " retry=%zu/%lldus/x%.1f/j%.1f fail_rate=%.2f"
+          " context=%d calls=%zu retries=%" PRIu64 " retry_abandoned=%" PRIu64 "%s%s%s%s%s\n",
+          seed_, producers, per_producer, c.buffer_size, c.max_batch_size, c.async_delegate,
+          c.max_in_flight, c.overflow == buffered::OverflowPolicy::block, c.throttle.has_value(),
+          shutdown_style, n_accepted, n_refused, n_not_offered, abandoned, alloc_armed.load(),
+          alloc_failed.load(), c.retry ? c.retry->max_attempts : 0,
+          c.retry ? static_cast<long long>(c.retry->initial_backoff.count() / 1000) : 0LL,
+          c.retry ? c.retry->multiplier : 0.0, c.retry ? c.retry->jitter : 0.0,
+          retry_plan.fail_rate, with_context ? 1 : 0, obs.calls.size(), n_retries,
+          n_retry_abandoned, retry_plan.long_backoff ? " long_backoff" : "",
+          stall_probe ? " stall_probe" : "", sh.stuck_call >= 0 ? " stuck_call" : "",
+          race_run ? " race_run" : "", reenter_run ? " reenter_run" : "");
     }
     totals.offered += n_accepted + n_refused;
     totals.delivered += delivered;
@@ -817,6 +1391,12 @@ class Round {
     totals.faults += obs.faults;
     totals.fault_rounds += fault_round ? 1 : 0;
     totals.big_batch_rounds += big_batch ? 1 : 0;
+    totals.retry_rounds += c.retry ? 1 : 0;
+    totals.context_rounds += with_context ? 1 : 0;
+    totals.retries += n_retries;
+    totals.retry_abandoned += n_retry_abandoned;
+    totals.permanent += n_permanent;
+    totals.retry_delivered += n_retry_delivered;
     return finish(totals, v, alloc_armed.load(), alloc_failed.load(), n_not_offered);
   }
 
@@ -913,6 +1493,42 @@ class Round {
     return c;
   }
 
+  // Half the rounds retry. Short backoffs (microseconds) keep rounds short; long ones (ms) make
+  // a deadline shutdown land while batches wait. Some rounds without retry fail too: permanent
+  // errors and Outcome::retry are then failures like any other.
+  RetryPlan random_retry(buffered::BatchConfig& c) {
+    RetryPlan plan;
+    const double rates[] = {0.0, 0.05, 0.2, 0.4};
+    plan.fail_rate = rates[pick(0, 3)];
+    plan.permanent_share =
+        chance(0.3) ? 0.0 : 0.1 + 0.3 * std::uniform_real_distribution<double>(0, 1)(rng_);
+    plan.after_share = chance(0.5) ? 0.0 : 0.5;
+    if (!chance(0.5)) {
+      plan.after_max = std::chrono::microseconds(pick(1, 300));
+      return plan;
+    }
+    buffered::Retry r;
+    r.max_attempts = pick(1, 6);
+    const double multipliers[] = {1.0, 1.5, 2.0, 3.0};
+    r.multiplier = multipliers[pick(0, 3)];
+    const double jitters[] = {0.0, 0.1, 0.5, 1.0};
+    r.jitter = jitters[pick(0, 3)];
+    plan.long_backoff = chance(0.2);
+    if (plan.long_backoff) {
+      r.initial_backoff = std::chrono::microseconds(pick(1000, 10000));
+      r.max_backoff = r.initial_backoff + std::chrono::microseconds(pick(0, 20000));
+      r.max_attempts = pick(2, 6);
+      plan.fail_rate = 0.5;
+      plan.after_max = std::chrono::microseconds(pick(1000, 20000));
+    } else {
+      r.initial_backoff = std::chrono::microseconds(pick(1, 200));
+      r.max_backoff = r.initial_backoff + std::chrono::microseconds(pick(0, 2000));
+      plan.after_max = std::chrono::microseconds(pick(1, 500));
+    }
+    c.retry = r;
+    return plan;
+  }
+
   std::mt19937_64 rng_;
   std::mt19937_64 fault_rng_;
   std::mutex fault_rng_mu_;
@@ -984,10 +1600,14 @@ int main(int argc, char** argv) {
               " delivered=%" PRIu64 " failed=%" PRIu64 " abandoned=%" PRIu64 " refused=%" PRIu64
               " faults=%" PRIu64 " big_batch_rounds=%" PRIu64 " fault_rounds=%" PRIu64
               " alloc_faults_armed=%" PRIu64 " alloc_faults_fired=%" PRIu64 " not_offered=%" PRIu64
+              " retry_rounds=%" PRIu64 " context_rounds=%" PRIu64 " retries=%" PRIu64
+              " retry_delivered=%" PRIu64 " retry_abandoned=%" PRIu64 " permanent=%" PRIu64
               " violations=%" PRIu64 "\n",
               seed, std::chrono::duration<double>(Clock::now() - t0).count(), totals.rounds,
               totals.offered, totals.delivered, totals.failed, totals.abandoned, totals.refused,
               totals.faults, totals.big_batch_rounds, totals.fault_rounds, totals.alloc_armed,
-              totals.alloc_failed, totals.not_offered, totals.violations);
+              totals.alloc_failed, totals.not_offered, totals.retry_rounds, totals.context_rounds,
+              totals.retries, totals.retry_delivered, totals.retry_abandoned, totals.permanent,
+              totals.violations);
   return totals.violations == 0 ? 0 : 1;
 }
