@@ -75,6 +75,7 @@ class Delivery {
       const BatchContext context = BatchContextAccess::live(attempt, &stop_.deadline_rep());
       std::chrono::nanoseconds wait{};
       counters_.batches.fetch_add(1, std::memory_order_relaxed);
+      if (attempt > 1) counters_.retries.fetch_add(1, std::memory_order_relaxed);
       counters_.in_flight.fetch_add(1, std::memory_order_relaxed);
       counters_.waiting.fetch_sub(1, std::memory_order_release);
       {
@@ -107,7 +108,6 @@ class Delivery {
       // settled (it is, promptly: the deadline cuts the wait short) before it returns.
       const auto until = deadline_after(Clock::now(), wait).value_or(Clock::time_point::max());
       if (!stop_.sleep_until(until) || !take_token()) return give_up(events);
-      counters_.retries.fetch_add(1, std::memory_order_relaxed);
     }
   }
 
