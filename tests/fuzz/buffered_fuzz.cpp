@@ -58,12 +58,16 @@
 #include <type_traits>
 #include <vector>
 
+#include "../delegate_forms.hpp"
 #include "../fault/fault_injection.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
 namespace fault = buffered_test::fault;
+using buffered_test::Ending;
+using buffered_test::Form;
+using buffered_test::Result;
 
 struct Event {
   std::uint64_t id;
@@ -202,19 +206,6 @@ struct Ledger {
   }
 };
 
-enum class Result { boolean, none, outcome };
-template <Result R, bool WithContext, bool IsCallable>
-struct Form {
-  static constexpr Result result = R;
-  static constexpr bool context = WithContext, callable = IsCallable;
-};
-
-// How a call ends, for the form's result type to say.
-struct Ending {
-  enum class How { delivered, returns_false, returns_retry, returns_permanent } how;
-  std::chrono::nanoseconds after{0};
-};
-
 // The deterministic sink: call number n fails if bit n % 8 of `fail_mask` is set, permanently
 // if bit n % 4 of `permanent_mask` is; it throws on even calls (always for void; bool throws a
 // permanent failure), otherwise returns false / Outcome::retry (with `retry_after` on every
@@ -298,43 +289,7 @@ struct SinkCore {
 };
 
 template <class F>
-struct Sink : SinkCore {
-  using R =
-      std::conditional_t<F::result == Result::boolean, bool,
-                         std::conditional_t<F::result == Result::none, void, buffered::Outcome>>;
-
-  R process_events(std::span<Event> batch) requires(!F::context && !F::callable) {
-    return convert(handle(batch, nullptr, F::result));
-  }
-  R process_events(std::span<Event> batch,
-                   const buffered::BatchContext& context) requires(F::context && !F::callable) {
-    return convert(handle(batch, &context, F::result));
-  }
-  R operator()(std::span<Event> batch) requires(!F::context && F::callable) {
-    return convert(handle(batch, nullptr, F::result));
-  }
-  R operator()(std::span<Event> batch,
-               const buffered::BatchContext& context) requires(F::context&& F::callable) {
-    return convert(handle(batch, &context, F::result));
-  }
-
-  static R convert(Ending ending) {
-    if constexpr (F::result == Result::none) {
-      (void)ending;
-    } else if constexpr (F::result == Result::boolean) {
-      return ending.how == Ending::How::delivered;
-    } else {
-      switch (ending.how) {
-        case Ending::How::delivered:
-          return buffered::Outcome::delivered();
-        case Ending::How::returns_permanent:
-          return buffered::Outcome::permanent_failure();
-        default:
-          return buffered::Outcome::retry(ending.after);
-      }
-    }
-  }
-};
+using Sink = buffered_test::FormSink<F, SinkCore, Event>;
 
 struct Input {
   buffered::BatchConfig config;

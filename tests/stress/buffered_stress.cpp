@@ -73,12 +73,16 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../delegate_forms.hpp"
 #include "../fault/fault_injection.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+using buffered_test::Ending;
+using buffered_test::Form;
+using buffered_test::Result;
 namespace fault = buffered_test::fault;
 
 struct Event {
@@ -278,14 +282,6 @@ struct FaultPlan {
        library_threads = false, delegate_run_throws = false;
 };
 
-// The delegate's forms: its result type, whether it takes a BatchContext, member or callable.
-enum class Result { boolean, none, outcome };
-template <Result R, bool WithContext, bool IsCallable>
-struct Form {
-  static constexpr Result result = R;
-  static constexpr bool context = WithContext, callable = IsCallable;
-};
-
 // How a retry round fails its delegate calls.
 struct RetryPlan {
   bool long_backoff = false;  // backoffs of ms: a shutdown deadline lands while batches wait
@@ -308,12 +304,6 @@ struct RoundShared {
   FaultPlan plan;
   std::chrono::microseconds run_nap{0};  // delegate.run() takes this long
   std::function<void()> in_run;          // called from delegate.run(): re-enters the backend
-};
-
-// How a call ends, for the form's result type to express.
-struct Ending {
-  enum class How { delivered, returns_false, returns_retry, returns_permanent } how;
-  std::chrono::nanoseconds after{0};  // for returns_retry
 };
 
 // The delegate: checks its lifecycle and records every call. handle() is the work; Sink<F>
@@ -464,47 +454,7 @@ class SinkBase {
 };
 
 template <class F>
-class Sink : public SinkBase {
- public:
-  using SinkBase::SinkBase;
-  static constexpr bool form_context = F::context;
-  using R =
-      std::conditional_t<F::result == Result::boolean, bool,
-                         std::conditional_t<F::result == Result::none, void, buffered::Outcome>>;
-
-  R process_events(std::span<Event> batch) requires(!F::context && !F::callable) {
-    return convert(handle(batch, nullptr, F::result));
-  }
-  R process_events(std::span<Event> batch,
-                   const buffered::BatchContext& context) requires(F::context && !F::callable) {
-    return convert(handle(batch, &context, F::result));
-  }
-  R operator()(std::span<Event> batch) requires(!F::context && F::callable) {
-    return convert(handle(batch, nullptr, F::result));
-  }
-  R operator()(std::span<Event> batch,
-               const buffered::BatchContext& context) requires(F::context&& F::callable) {
-    return convert(handle(batch, &context, F::result));
-  }
-
- private:
-  static R convert(Ending ending) {
-    if constexpr (F::result == Result::none) {
-      (void)ending;
-    } else if constexpr (F::result == Result::boolean) {
-      return ending.how == Ending::How::delivered;
-    } else {
-      switch (ending.how) {
-        case Ending::How::delivered:
-          return buffered::Outcome::delivered();
-        case Ending::How::returns_permanent:
-          return buffered::Outcome::permanent_failure();
-        default:
-          return buffered::Outcome::retry(ending.after);
-      }
-    }
-  }
-};
+using Sink = buffered_test::FormSink<F, SinkBase, Event>;
 
 class Round {
  public:
@@ -534,7 +484,7 @@ class Round {
  private:
   template <class SinkType>
   std::uint64_t run_as(Totals& totals, buffered::BatchConfig c, const RetryPlan& retry_plan) {
-    const bool with_context = SinkType::form_context;
+    const bool with_context = SinkType::form::context;
     const std::uint32_t producers = pick(1, 4);
     const std::uint32_t per_producer = pick(50, 3000);
     const bool run_late = chance(0.1);
@@ -588,7 +538,7 @@ class Round {
     std::vector<std::mt19937_64> producer_rngs;
     for (std::uint32_t p = 0; p < producers; ++p) producer_rngs.emplace_back(rng_());
     Observed& obs = sh.obs;
-    SinkType sink(sh);
+    SinkType sink{SinkBase(sh)};
 
     std::uint64_t v = 0;
     std::mutex violation_mu;
