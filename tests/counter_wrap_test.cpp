@@ -1,4 +1,4 @@
-// The queue's 63-bit positions wrap: start a backend just below the wrap point (a test-only
+// The consumer's 64-bit positions wrap: start a backend just below the wrap point (a test-only
 // hook) and push several buffer capacities through it.
 #include <gtest/gtest.h>
 
@@ -13,7 +13,7 @@ namespace hooks = buffered::detail::test_hooks;
 
 class CounterWrap : public ::testing::Test {
  protected:
-  void SetUp() override { hooks::initial_position = buffered::detail::kPositionMask - 100; }
+  void SetUp() override { hooks::initial_position = ~std::uint64_t{0} - 100; }
   void TearDown() override { hooks::initial_position = 0; }
 };
 

@@ -1,6 +1,7 @@
-// A producer pre-empted between claiming a slot and publishing it (held there by a test-only
-// hook): the worker must not spin a core or lose the event, other producers must be refused
-// rather than blocked, and shutdown must still drain it.
+// A producer pre-empted in the middle of a push, after it took its slot and before it published
+// it (held there by a test-only hook): the worker must not spin a core or lose the event, other
+// producers' events must go past it (they are in other lanes), and shutdown must wait for it and
+// still drain it.
 #include <gtest/gtest.h>
 
 #include <time.h>
@@ -18,9 +19,11 @@ namespace hooks = buffered::detail::test_hooks;
 std::atomic<std::uint64_t> g_stall_at{~std::uint64_t{0}};
 std::atomic<bool> g_stalled{false};
 std::atomic<bool> g_release{false};
+std::atomic<std::thread::id> g_stall_thread{};
 
+// `position` counts the pushes of the calling thread's lane.
 void stall_hook(std::uint64_t position) {
-  if (position != g_stall_at.load()) return;
+  if (std::this_thread::get_id() != g_stall_thread.load() || position != g_stall_at.load()) return;
   g_stalled = true;
   while (!g_release.load()) std::this_thread::sleep_for(1ms);
 }
@@ -50,6 +53,7 @@ class StalledProducer : public ::testing::Test {
 template <class Backend>
 std::thread stall_a_producer(Backend& backend) {
   std::thread slow([&backend] {
+    g_stall_thread = std::this_thread::get_id();
     for (std::uint64_t i = 0; i <= 10; ++i) EXPECT_TRUE(backend.process_event(ev(i, 1)));
   });
   EXPECT_TRUE(eventually([] { return g_stalled.load(); }));
@@ -64,7 +68,7 @@ buffered::BatchConfig config() {
   return c;
 }
 
-TEST_F(StalledProducer, WorkerWaitsWithoutSpinningOthersAreRefusedNothingIsLost) {
+TEST_F(StalledProducer, WorkerDoesNotSpinOthersGoPastItNothingIsLost) {
   RecordingSink<> sink;
   ErrorLog<> errors;
   buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, config(), errors.handler());
@@ -72,30 +76,39 @@ TEST_F(StalledProducer, WorkerWaitsWithoutSpinningOthersAreRefusedNothingIsLost)
   std::thread slow = stall_a_producer(backend);
   ASSERT_TRUE(eventually([&] { return sink.event_count() == 10; }));  // all before the stall
 
-  // Other producers: accepted until the buffer is full behind the stalled slot, then refused at
-  // once, never blocked.
+  // Another producer is not held up by the stalled one: its events are delivered meanwhile
+  // (a few may be refused if it outruns the worker; never blocked).
   std::uint64_t accepted = 0;
   std::uint64_t refused = 0;
   const auto t0 = Clock::now();
-  for (std::uint64_t i = 0; i < 200; ++i) (backend.process_event(ev(i, 2)) ? accepted : refused)++;
+  for (std::uint64_t i = 0; i < 200; ++i) {
+    (backend.process_event(ev(i, 2)) ? accepted : refused)++;
+    if (i % 32 == 31) std::this_thread::sleep_for(2ms);
+  }
   EXPECT_LT(Clock::now() - t0, 5s);
-  EXPECT_EQ(accepted, 63u);  // 64 slots from the stalled one on, which holds the first
-  EXPECT_EQ(refused, 137u);
-  EXPECT_EQ(errors.count(buffered::ErrorKind::buffer_full), 137u);
+  EXPECT_GT(accepted, 0u);
+  EXPECT_EQ(errors.count(buffered::ErrorKind::buffer_full), refused);
+  EXPECT_TRUE(eventually([&] { return sink.event_count() == 10 + accepted; }));
 
-  // The worker waits for the stalled slot without burning a core.
+  // The worker does not burn a core while the push is under way.
   const double cpu0 = process_cpu_seconds();
   std::this_thread::sleep_for(500ms);
   const double cpu_ms = (process_cpu_seconds() - cpu0) * 1000;
   EXPECT_LT(cpu_ms, 200.0) << "the worker spun while waiting";
-  EXPECT_EQ(sink.event_count(), 10u);  // nothing passes the stalled slot
+  EXPECT_EQ(sink.event_count(), 10 + accepted);
 
   g_release = true;
   slow.join();
   EXPECT_TRUE(backend.shutdown());
   const auto all = sink.events();
-  ASSERT_EQ(all.size(), 10u + 1 + 63);
-  EXPECT_EQ(all[10], ev(10, 1));  // the stalled event, in its place
+  ASSERT_EQ(all.size(), 11 + accepted);
+  EXPECT_EQ(all.back(), ev(10, 1));  // the stalled event, last, after its own producer's others
+  std::uint64_t next = 0;
+  for (const Event& e : all) {
+    if (e.producer != 2) continue;
+    EXPECT_GE(e.seq, next) << "one producer's order";
+    next = e.seq + 1;
+  }
   expect_accounting(backend.stats(), 11 + 200);
 }
 
@@ -116,8 +129,8 @@ TEST_F(StalledProducer, ShutdownDrainsTheStalledEventOnceItIsPublished) {
 }
 
 // Regression (found by buffered_stress under ThreadSanitizer): when a shutdown deadline passes,
-// the shutdown caller takes what is queued out of the ring itself, while the worker, waiting for
-// the stalled slot, still looked at the ring's head without the lock that hand-over uses.
+// the shutdown caller takes what is queued out of the queue itself, while the worker, waiting for
+// the stalled push, must not look at the queue without the lock that hand-over uses.
 TEST_F(StalledProducer, ShutdownDeadlinePassesWhileTheWorkerWaitsForTheStalledSlot) {
   RecordingSink<> sink;
   ErrorLog<> errors;

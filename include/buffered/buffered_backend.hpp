@@ -24,11 +24,10 @@
 #include "detail/deadline.hpp"
 #include "detail/delivery.hpp"
 #include "detail/flush_gate.hpp"
-#include "detail/mpsc_ring.hpp"
 #include "detail/owner.hpp"
 #include "detail/parker.hpp"
-#include "detail/position.hpp"
 #include "detail/reporter.hpp"
+#include "detail/sharded_queue.hpp"
 #include "detail/sink.hpp"
 #include "detail/stop_state.hpp"
 #include "detail/test_hooks.hpp"
@@ -51,8 +50,9 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 
 // Wraps a slow sink (the delegate) with a bounded buffer and a batching worker.
 //
-// Producers on any thread call process_event(s); events wait in a lock-free ring of exactly
-// `buffer_size` slots. One worker thread takes them into batches of at most `max_batch_size`,
+// Producers on any thread call process_event(s); events wait in a bounded buffer of at most
+// `buffer_size` events, one lock-free lane per producer thread. One worker thread takes them
+// into batches of at most `max_batch_size`,
 // dispatched when full, when the oldest has waited `max_batch_wait`, or on flush/shutdown; an
 // optional token bucket paces delegate calls; the delegate runs on the worker (sync) or on a fixed
 // pool of `max_in_flight` threads (async), and with BatchConfig::retry a failed batch is offered
@@ -60,9 +60,10 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 // the error handler exactly once.
 //
 // This class is the facade: config validation, the lifecycle, the producer API and stats. The
-// parts are in detail/: the ring (mpsc_ring.hpp), the worker loop (worker.hpp), the delivery of
-// one batch with its retries (delivery.hpp), the dispatch pool (dispatch_pool.hpp), the throttle
-// (token_bucket.hpp), and how they wait (parker.hpp, stop_state.hpp, completion.hpp).
+// parts are in detail/: the buffer (sharded_queue.hpp, lane_registry.hpp), the worker loop
+// (worker.hpp), the delivery of one batch with its retries (delivery.hpp), the dispatch pool
+// (dispatch_pool.hpp), the throttle (token_bucket.hpp), and how they wait (parker.hpp,
+// stop_state.hpp, completion.hpp).
 //
 // Lifecycle: construct (validates the config, allocates the buffers; nothing runs) -> run()
 // (starts the delegate, then the threads; if that fails it is all undone and run() may be called
@@ -78,7 +79,8 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 // copying an Event throws, flush() only what delegate.flush() throws. shutdown(), stats() and
 // the destructor never throw, and nothing after construction and run() allocates.
 //
-// Memory: the ring of buffer_size events, plus batch buffers of min(max_batch_size,
+// Memory: the buffer of buffer_size events (plus up to a quarter more slots: blocks that lanes
+// hold partly filled), plus batch buffers of min(max_batch_size,
 // buffer_size) events: one for the worker (max_in_flight + 1 in async mode) and one to report
 // abandoned events in at shutdown.
 //
@@ -116,11 +118,11 @@ class BufferedBackend {
       : delegate_(std::forward<Delegate>(sink)),
         config_(validated(config)),
         report_(std::move(on_error), this),
-        ring_(config_.buffer_size, detail::test_hooks::start_position()),
+        queue_(config_.buffer_size, detail::test_hooks::start_position()),
         completion_(config_.async_delegate ? config_.max_in_flight : 0),
         bucket_(make_bucket(config_)),
         delivery_(delegate_, report_, counters_, stop_, bucket_.get(), config_.retry, this),
-        worker_({ring_, parker_, space_, completion_, stop_, counters_, delivery_, report_},
+        worker_({queue_, parker_, space_, completion_, stop_, counters_, delivery_, report_},
                 std::min(config_.max_batch_size, config_.buffer_size), config_.max_batch_wait,
                 config_.async_delegate ? config_.max_in_flight : 0, this, [this] {
                   flush_gate_.close_and_wait();  // no delegate.flush() from here on
@@ -235,15 +237,16 @@ class BufferedBackend {
   // delegate.flush() propagate.
   bool flush(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
-    const std::uint64_t target = offset(ring_.tail());
     if (!started() || completion_.complete() || stop_.past_deadline()) {
-      return completion_.flushed(target);
+      return queue_.size() == 0 && completion_.flushed(offset(queue_.position()));
     }
-    worker_.request_flush(target);
+    const std::uint64_t request = worker_.request_flush();
     parker_.signal();
     if (on_own_thread()) return false;
-    const auto result =
-        completion_.wait_flushed(target, deadline, [this] { return stop_.past_deadline(); });
+    const auto past_deadline = [this] { return stop_.past_deadline(); };
+    const auto target = completion_.wait_flush_target(request, deadline, past_deadline);
+    if (!target) return false;
+    const auto result = completion_.wait_flushed(*target, deadline, past_deadline);
     if (result != detail::Completion::FlushResult::done) return false;
     if constexpr (detail::HasFlush<DelegateType>) {
       const detail::FlushPass pass(flush_gate_);
@@ -274,7 +277,7 @@ class BufferedBackend {
       std::lock_guard<std::mutex> lock(life_mu_);
       if (!shut_) {
         shut_ = true;
-        ring_.close();
+        queue_.close();
         abandon_here = start_ == Start::idle;  // while starting, run() finishes the job
       }
       stop_.request(deadline);  // wakes token and retry waits, to apply the deadline
@@ -306,14 +309,14 @@ class BufferedBackend {
   // flow the snapshot is not atomic as a whole. Thread-safe, lock-free, never blocks.
   Stats stats() const noexcept {
     Stats s{};
-    s.accepted = worker_.offset(ring_.tail());
+    s.accepted = queue_.pushed();
     s.rejected_full = rejected_full_.load(std::memory_order_relaxed);
     s.rejected_shut_down = rejected_shut_down_.load(std::memory_order_relaxed);
     s.delivered = counters_.delivered.load(std::memory_order_relaxed);
     s.failed = counters_.failed.load(std::memory_order_relaxed);
     s.abandoned = counters_.abandoned.load(std::memory_order_relaxed);
     s.batches = counters_.batches.load(std::memory_order_relaxed);
-    s.queued = ring_.size();
+    s.queued = queue_.size();
     s.in_flight = counters_.in_flight.load(std::memory_order_relaxed);
     s.retries = counters_.retries.load(std::memory_order_relaxed);
     s.pending = counters_.pending.load(std::memory_order_relaxed);
@@ -406,7 +409,7 @@ class BufferedBackend {
   // Shutdown of a backend whose threads never ran: everything queued is abandoned.
   void finish_never_run() noexcept {
     worker_.abandon_remaining();
-    completion_.mark_complete(offset(ring_.tail()));
+    completion_.mark_complete(offset(queue_.position()));
   }
 
   void shutdown_delegate() noexcept {
@@ -424,10 +427,10 @@ class BufferedBackend {
 
   template <class... Args>
   detail::PushResult offer(Args&&... args) {
-    std::uint64_t position = 0;
-    detail::PushResult result = ring_.try_emplace(position, std::forward<Args>(args)...);
+    typename detail::ShardedQueue<Event>::LaneHandle lane = nullptr;
+    detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
     if (result == detail::PushResult::ok) [[likely]] {
-      parker_.notify_published(position);
+      parker_.notify_published([&] { return queue_.queued(lane); });
       return result;
     }
     if (result == detail::PushResult::full && config_.overflow == OverflowPolicy::block &&
@@ -442,12 +445,12 @@ class BufferedBackend {
     const auto deadline = detail::deadline_after(Clock::now(), config_.block_timeout);
     for (;;) {
       const bool ready =
-          space_.wait([this] { return ring_.closed() || !ring_.looks_full(); }, deadline);
-      std::uint64_t position = 0;
-      // Nothing is moved from `args` unless the claim succeeds, so retrying is safe.
-      const detail::PushResult result = ring_.try_emplace(position, std::forward<Args>(args)...);
+          space_.wait([this] { return queue_.closed() || queue_.has_space(); }, deadline);
+      typename detail::ShardedQueue<Event>::LaneHandle lane = nullptr;
+      // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
+      const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
       if (result == detail::PushResult::ok) {
-        parker_.notify_published(position);
+        parker_.notify_published([&] { return queue_.queued(lane); });
         return result;
       }
       if (result == detail::PushResult::closed) return result;
@@ -474,7 +477,7 @@ class BufferedBackend {
   Delegate delegate_;
   const BatchConfig config_;
   const detail::Reporter<Event> report_;
-  detail::MpscRing<Event> ring_;
+  detail::ShardedQueue<Event> queue_;
   detail::Parker parker_;
   detail::SpaceWaiters space_;
   detail::Completion completion_;

@@ -12,7 +12,8 @@
 
 namespace buffered::detail {
 
-// Tracks event offsets (0 = the first event ever accepted; they do not wrap in practice).
+// Tracks event offsets in the order the worker takes events (0 = the first event it ever took;
+// they do not wrap in practice).
 // Everything below the watermark is done: the watermark is the first event of the worker's
 // current batch, or of the oldest batch still in a delegate call, whichever is lower.
 //
@@ -74,6 +75,38 @@ class Completion {
     cv_.notify_all();
   }
 
+  // The worker has taken every event that flush request `request` waits for (and the requests
+  // before it); they all lie below `target`.
+  void flush_served(std::uint64_t request, std::uint64_t target) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (request > served_) {
+        served_ = request;
+        served_target_ = target;
+      }
+    }
+    cv_.notify_all();
+  }
+
+  // Blocks until flush request `request` is served (or the worker completed: then everything
+  // accepted lies below its end), and returns the target to wait for; nullopt if `stop()` holds
+  // (checked whenever waiters are woken) or at the deadline.
+  template <class Stop>
+  std::optional<std::uint64_t> wait_flush_target(std::uint64_t request,
+                                                 std::optional<Clock::time_point> deadline,
+                                                 Stop stop) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto settled = [&] { return served_ >= request || complete_ || stop(); };
+    if (deadline) {
+      cv_.wait_until(lock, *deadline, settled);
+    } else {
+      cv_.wait(lock, settled);
+    }
+    if (served_ >= request) return served_target_;
+    if (complete_) return in_hand_;
+    return std::nullopt;
+  }
+
   // Wakes waiters so they re-check a condition kept elsewhere.
   void notify() {
     { std::lock_guard<std::mutex> lock(mu_); }
@@ -132,6 +165,8 @@ class Completion {
   std::uint64_t in_hand_ = 0;
   std::vector<std::uint64_t> in_flight_;
   std::uint64_t first_abandoned_ = kNone;
+  std::uint64_t served_ = 0;  // the last flush request served
+  std::uint64_t served_target_ = 0;
   bool complete_ = false;
 };
 

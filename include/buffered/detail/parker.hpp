@@ -9,23 +9,24 @@
 #include <optional>
 
 #include "cache_line.hpp"
-#include "position.hpp"
 
 namespace buffered::detail {
 
-// The consumer arms a threshold (a tail position: "wake me once the tail reaches T"), re-checks
-// the tail, and parks. A producer, after claiming position p and publishing it, does one load of
-// the threshold; only when p + 1 reaches it does it race (CAS) to disarm, and the single winner
-// takes the mutex and notifies. So at most one producer wakes the consumer per park, and none
-// make a syscall while the consumer is awake or waiting for a larger threshold.
+// The consumer arms a threshold ("wake me once some lane holds T events"), re-checks the
+// lanes, and parks. A producer, after publishing into its lane, does one load of the threshold;
+// only when its lane holds T or more does it race (CAS) to disarm, and the single winner takes
+// the mutex and notifies. So at most one producer wakes the consumer per park, and none make a
+// syscall while the consumer is awake or waiting for a larger threshold.
 //
 // Explicit wake-ups (flush, shutdown, a dispatch slot freed) go through signal().
 //
-// Memory ordering: the consumer does store(threshold) then load(tail); a producer does
-// CAS(tail) then load(threshold). All four are seq_cst, so at least one side sees the other:
-// either the consumer sees the claim and does not park, or the producer sees the threshold and
-// wakes it. The wake itself sets `signaled_` under the mutex the consumer waits with, so it
-// cannot fall between the consumer's check and its wait.
+// Memory ordering: the producer's publish is a release store and its load of the threshold is
+// not ordered after it (a StoreLoad fence per event would cost more than the rest of the push),
+// so a producer and an arming consumer may miss each other. The consumer therefore parks first
+// for at most ShardedQueue's kStoreVisibility and looks at the lanes again before it parks
+// without limit (see Worker): by then the producer's store is visible, and any later producer
+// sees the armed threshold. The wake itself sets `signaled_` under the mutex the consumer waits
+// with, so it cannot fall between the consumer's check and its wait.
 class Parker {
  public:
   using Clock = std::chrono::steady_clock;
@@ -37,11 +38,15 @@ class Parker {
   }
   void disarm() noexcept { wake_at_.store(kDisarmed, std::memory_order_relaxed); }
 
-  // Producer, after publishing `position`. One atomic load unless the consumer must be woken;
-  // then a CAS, a mutex and a notify. Thread-safe.
-  void notify_published(std::uint64_t position) {
-    std::uint64_t wake_at = wake_at_.load(std::memory_order_seq_cst);
-    if (wake_at == kDisarmed || !position_reached(position_add(position, 1), wake_at)) return;
+  // Producer, after publishing. `queued()` tells how many events its lane holds; it is called
+  // only while the consumer is parked. One atomic load unless the consumer must be woken; then
+  // a CAS, a mutex and a notify. Thread-safe.
+  template <class Queued>
+  void notify_published(Queued queued) {
+    std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
+    if (wake_at == kDisarmed) [[likely]]
+      return;
+    if (queued() < wake_at) return;
     if (!wake_at_.compare_exchange_strong(wake_at, kDisarmed, std::memory_order_seq_cst)) return;
     signal();
   }
@@ -57,15 +62,18 @@ class Parker {
   }
 
   // Consumer. Blocks until signalled (by a producer reaching the armed threshold or by
-  // signal()) or until `deadline`. Spurious returns are possible; callers re-check.
-  void park(std::optional<Clock::time_point> deadline) {
+  // signal()) or until `deadline`; returns whether it was signalled. Spurious returns are
+  // possible; callers re-check.
+  bool park(std::optional<Clock::time_point> deadline) {
     std::unique_lock<std::mutex> lock(mu_);
     if (deadline) {
       cv_.wait_until(lock, *deadline, [this] { return signaled_; });
     } else {
       cv_.wait(lock, [this] { return signaled_; });
     }
+    const bool signaled = signaled_;
     signaled_ = false;
+    return signaled;
   }
 
  private:
@@ -75,11 +83,12 @@ class Parker {
   bool signaled_ = false;
 };
 
-// Producers blocked on a full ring (OverflowPolicy::block) wait here; the consumer notifies
+// Producers blocked on a full buffer (OverflowPolicy::block) wait here; the consumer notifies
 // after freeing space, only when someone waits.
 //
-// Memory ordering: a producer increments `waiting_` then re-checks the ring's head; the
-// consumer stores head then loads `waiting_`. All seq_cst: one of them sees the other. The
+// Memory ordering: a producer increments `waiting_` then re-checks the queue's free credits;
+// the consumer returns credits (a seq_cst RMW) then loads `waiting_`. All seq_cst: one of them
+// sees the other. The
 // producer's final check is made under the mutex the consumer takes before notifying.
 class SpaceWaiters {
  public:

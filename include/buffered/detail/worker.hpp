@@ -1,4 +1,4 @@
-// The batching worker: takes events out of the ring into batches and dispatches them.
+// The batching worker: takes events out of the queue into batches and dispatches them.
 #pragma once
 
 #include <atomic>
@@ -20,23 +20,28 @@
 #include "deadline.hpp"
 #include "delivery.hpp"
 #include "dispatch_pool.hpp"
-#include "mpsc_ring.hpp"
 #include "owner.hpp"
 #include "parker.hpp"
-#include "position.hpp"
 #include "reporter.hpp"
+#include "sharded_queue.hpp"
 #include "stop_state.hpp"
 
 namespace buffered::detail {
 
 // One thread (made by start()) loops:
-//   take a run of published events into the batch (at most `max_batch`), then
+//   take the published events into the batch (at most `max_batch`, round-robin over lanes), then
 //   - past a stop deadline: abandon the batch and everything queued, and finish;
-//   - batch full, or its first event has waited `max_batch_wait`, or a flush wants it, or a
-//     stop was requested: dispatch it (sync: Delivery on this thread; async: to the pool, waiting
-//     for a free slot) and go on;
-//   - stopping and nothing is left: finish;
-//   - otherwise park until the batch can fill (Parker threshold) or its linger deadline.
+//   - a flush request whose events are all taken: dispatch the batch and tell the flushers
+//     which offset to wait for;
+//   - batch full, or its first event has waited `max_batch_wait`, or a stop was requested:
+//     dispatch it (sync: Delivery on this thread; async: to the pool, waiting for a free slot)
+//     and go on;
+//   - stopping, and the queue is drained (no push under way either): finish;
+//   - otherwise park until some lane holds its share of what the batch lacks (Parker
+//     threshold), or the linger deadline.
+// Flush: a request is a number; the worker notes what every lane has published when it sees
+// the request (those are the events accepted before flush() was called), and serves the request
+// once it has taken them all.
 // Finishing joins the pool, then calls `on_finish` (the backend shuts its delegate down there),
 // then marks the Completion complete. An idle worker sleeps without a timeout.
 //
@@ -51,7 +56,7 @@ class Worker {
 
   // What the worker works with; all owned by the backend and outliving the worker.
   struct Parts {
-    MpscRing<Event>& ring;
+    ShardedQueue<Event>& queue;
     Parker& parker;
     SpaceWaiters& space;
     Completion& completion;
@@ -108,13 +113,11 @@ class Worker {
   // The worker thread has started (it may already have finished).
   bool ran() const noexcept { return ran_.load(std::memory_order_acquire); }
 
-  // Asks for the batch holding event offset `target - 1` and all before it to go at once.
-  // Any thread; the caller then signals the parker.
-  void request_flush(std::uint64_t target) noexcept {
-    std::uint64_t wanted = flush_target_.load(std::memory_order_relaxed);
-    while (wanted < target &&
-           !flush_target_.compare_exchange_weak(wanted, target, std::memory_order_release)) {
-    }
+  // Asks for every event published so far to be taken and the batch holding them to go at
+  // once; returns the request's number (Completion::wait_flush_target). Any thread; the caller
+  // then signals the parker.
+  std::uint64_t request_flush() noexcept {
+    return flush_requested_.fetch_add(1, std::memory_order_acq_rel) + 1;
   }
 
   // Events the worker holds outside any delegate call (its forming batch).
@@ -122,42 +125,45 @@ class Worker {
     return undispatched_.load(std::memory_order_acquire);
   }
 
-  // Reports everything still in the (closed) ring as abandoned, in chunks of up to a batch. Any
-  // thread; serialized with the worker's consumption by consumer_mu_, which also guards the
-  // chunk buffer (reserved by the constructor, so this never allocates or throws).
+  // Reports everything still in the (closed) queue as abandoned, in chunks of up to a batch,
+  // waiting for pushes still under way. Any thread; serialized with the worker's consumption by
+  // consumer_mu_, which also guards the chunk buffer (reserved by the constructor, so this never
+  // allocates or throws).
   void abandon_remaining() noexcept {
     {
       std::lock_guard<std::mutex> lock(consumer_mu_);
-      const std::uint64_t end = p_.ring.tail();
-      const std::uint64_t head = p_.ring.consumer_head();
-      if (head != end) {
-        p_.counters.abandoned_any.store(true, std::memory_order_release);
-        p_.completion.abandoning_from(offset(head));
-        Batch& chunk = abandon_chunk_;
-        Backoff backoff;
-        while (p_.ring.consumer_head() != end) {
-          const std::size_t n = p_.ring.pop_run(
-              max_batch_ - chunk.size(), [&chunk](Event&& e) { chunk.push_back(std::move(e)); });
-          if (!chunk.empty() &&
-              (chunk.size() == max_batch_ || n == 0 || p_.ring.consumer_head() == end)) {
-            p_.counters.abandoned.fetch_add(chunk.size(), std::memory_order_relaxed);
-            p_.report(ErrorKind::abandoned, chunk);
-            chunk.clear();
-          }
-          if (n == 0) {
-            backoff.pause(std::nullopt);  // a producer between claim and publish
-          } else {
-            backoff.reset();
-          }
+      Batch& chunk = abandon_chunk_;
+      Backoff backoff;
+      bool marked = false;
+      for (;;) {
+        const std::uint64_t first = p_.queue.position();
+        const std::size_t n = p_.queue.pop(max_batch_ - chunk.size(),
+                                           [&chunk](Event&& e) { chunk.push_back(std::move(e)); });
+        if (n != 0 && !marked) {
+          p_.counters.abandoned_any.store(true, std::memory_order_release);
+          p_.completion.abandoning_from(offset(first));
+          marked = true;
         }
+        if (!chunk.empty() && (chunk.size() == max_batch_ || n == 0)) {
+          p_.counters.abandoned.fetch_add(chunk.size(), std::memory_order_relaxed);
+          p_.report(ErrorKind::abandoned, chunk);
+          chunk.clear();
+        }
+        if (n != 0) {
+          backoff.reset();
+          continue;
+        }
+        if (p_.queue.drained()) break;
+        backoff.pause(std::nullopt);  // a push under way, or too soon after close()
       }
     }
     p_.completion.notify();
   }
 
-  // Offset of a ring position from the first position ever: what Completion and flush count in.
+  // Offset of a consumer position from the first position ever: what Completion and flush
+  // count in.
   std::uint64_t offset(std::uint64_t position) const noexcept {
-    return position_distance(p_.ring.initial_position(), position);
+    return position - p_.queue.initial_position();
   }
 
  private:
@@ -165,19 +171,25 @@ class Worker {
     ran_.store(true, std::memory_order_release);
     const OwnerScope scope(owner_);
     Batch batch = pool_ ? pool_->take_buffer() : std::move(sync_batch_);
-    std::uint64_t first = 0;  // ring position of batch.front()
+    std::uint64_t first = 0;  // consumer position of batch.front()
     Clock::time_point linger_deadline{};
     Backoff backoff;
+    typename ShardedQueue<Event>::Snapshot sweep{};  // what a flush waits for, per lane
+    std::uint64_t sweeping = 0;                      // the flush request being served, or 0
+    std::uint64_t served = 0;
     for (;;) {
+      const std::uint64_t requested = flush_requested_.load(std::memory_order_acquire);
+      if (sweeping == 0 && requested != served) {
+        p_.queue.snapshot(sweep);
+        sweeping = requested;
+      }
       const bool was_empty = batch.empty();
       std::size_t taken = 0;
-      std::uint64_t head = 0;  // read under the lock: a shutdown past its deadline may move it
       {
         std::lock_guard<std::mutex> lock(consumer_mu_);
-        if (was_empty) first = p_.ring.consumer_head();
-        taken = p_.ring.pop_run(max_batch_ - batch.size(),
-                                [&batch](Event&& e) { batch.push_back(std::move(e)); });
-        head = p_.ring.consumer_head();
+        if (was_empty) first = p_.queue.position();
+        taken = p_.queue.pop(max_batch_ - batch.size(),
+                             [&batch](Event&& e) { batch.push_back(std::move(e)); });
         if (taken != 0) {
           p_.counters.pending.fetch_add(taken, std::memory_order_relaxed);
           undispatched_.store(batch.size(), std::memory_order_release);
@@ -195,36 +207,47 @@ class Worker {
         abandon_remaining();
         break;
       }
+      if (sweeping != 0 && p_.queue.passed(sweep)) {
+        // Everything the flush waits for is taken: in earlier batches or in this one.
+        const std::uint64_t target = offset(p_.queue.position());
+        if (!batch.empty()) dispatch(batch, first);
+        p_.completion.flush_served(sweeping, target);
+        served = sweeping;
+        sweeping = 0;
+        continue;
+      }
       if (batch.size() >= max_batch_ ||
-          (!batch.empty() && (stop || flush_wanted(first) || Clock::now() >= linger_deadline))) {
+          (!batch.empty() && (stop || Clock::now() >= linger_deadline))) {
         dispatch(batch, first);
         continue;
       }
-      const std::uint64_t tail = p_.ring.tail();
-      if (batch.empty() && stop && tail == head) break;  // drained
-      std::optional<Clock::time_point> wake_by;
-      if (!batch.empty()) wake_by = linger_deadline;
-      if (stop) wake_by = earlier(wake_by, p_.stop.deadline());
-      const std::uint64_t threshold =
-          position_add(head, batch.empty() ? 1 : max_batch_ - batch.size());
-      if (position_reached(tail, threshold)) {
-        // Enough is claimed to go on, but `head` is not published yet: its producer is between
-        // claim and publish (or was pre-empted there). Poll politely; chasing producers one
-        // event at a time is what this avoids otherwise, by parking until the batch can fill.
-        backoff.pause(wake_by);
+      if (batch.empty() && stop) {
+        if (p_.queue.drained()) break;
+        backoff.pause(p_.stop.deadline());  // a push under way, or too soon after close()
         continue;
       }
+      std::optional<Clock::time_point> wake_by;
+      if (!batch.empty()) wake_by = linger_deadline;
+      // Each lane's share of what the batch lacks: whichever lane gets there first wakes us.
+      const std::uint64_t lacking = batch.empty() ? 1 : max_batch_ - batch.size();
+      const unsigned lanes = p_.queue.active_lanes();
+      const std::uint64_t threshold = (lacking + lanes - 1) / lanes;
       p_.parker.arm(threshold);
-      if (!position_reached(p_.ring.tail(), threshold)) p_.parker.park(wake_by);
+      if (!p_.queue.any_reached(threshold) &&
+          flush_requested_.load(std::memory_order_acquire) == served) {
+        // First for at most kStoreVisibility: a producer's publish and our arm may have
+        // crossed (see Parker). Then once more, without that limit, if nothing has come.
+        const auto recheck = Clock::now() + ShardedQueue<Event>::kStoreVisibility;
+        if (!p_.parker.park(earlier(wake_by, recheck)) && !p_.queue.any_reached(threshold) &&
+            (!wake_by || Clock::now() < *wake_by)) {
+          p_.parker.park(wake_by);
+        }
+      }
       p_.parker.disarm();
     }
     if (pool_) pool_->stop_and_join();
     on_finish_();
-    p_.completion.mark_complete(offset(p_.ring.tail()));
-  }
-
-  bool flush_wanted(std::uint64_t first) const noexcept {
-    return flush_target_.load(std::memory_order_acquire) > offset(first);
+    p_.completion.mark_complete(offset(p_.queue.position()));
   }
 
   void dispatch(Batch& batch, std::uint64_t first) {
@@ -284,13 +307,13 @@ class Worker {
   std::unique_ptr<DispatchPool<Batch>> pool_;
   Batch sync_batch_;
   Batch abandon_chunk_;     // guarded by consumer_mu_
-  std::mutex consumer_mu_;  // who takes events out of the ring: the worker, or shutdown at its
+  std::mutex consumer_mu_;  // who takes events out of the queue: the worker, or shutdown at its
                             // deadline
   std::atomic<std::size_t> undispatched_{0};
-  // Memory ordering: flush() stores the target (release) and then signals the parker, whose
-  // mutex orders the store before the worker's next check; the worker loads it (acquire) after
-  // every wake-up, so a request is never missed by a parked worker.
-  std::atomic<std::uint64_t> flush_target_{0};
+  // Memory ordering: flush() increments it and then signals the parker, whose mutex orders the
+  // increment before the worker's next check; the worker loads it (acquire) at the top of every
+  // round and before it parks, so a request is never missed by a parked worker.
+  std::atomic<std::uint64_t> flush_requested_{0};
   std::atomic<bool> ran_{false};
   std::thread thread_;
 };
