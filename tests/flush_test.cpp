@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <future>
+#include <thread>
+#include <vector>
 
 #include "support.hpp"
 
@@ -114,3 +116,29 @@ TEST(Flush, ReturnsFalseWhenShutdownAbandonsWhatItWaitsFor) {
 }
 
 }  // namespace
+
+// Events from other threads (other lanes), accepted before flush() was called, are done when it
+// returns true, whichever lane they are in.
+TEST(Flush, WaitsForWhatEveryProducerThreadOfferedBefore) {
+  RecordingSink<> sink;
+  buffered::BatchConfig c;
+  c.buffer_size = 10000;
+  c.max_batch_size = 1000;
+  c.max_batch_wait = 1h;  // nothing goes out on its own
+  buffered::BufferedBackend<Event, RecordingSink<>&> backend(sink, c);
+  backend.run();
+  for (int round = 0; round < 20; ++round) {
+    std::vector<std::thread> producers;
+    for (std::uint32_t p = 0; p < 4; ++p) {
+      producers.emplace_back([&backend, p, round] {
+        for (std::uint64_t i = 0; i < 25; ++i) {
+          EXPECT_TRUE(backend.process_event(ev(static_cast<std::uint64_t>(round) * 25 + i, p)));
+        }
+      });
+    }
+    for (auto& t : producers) t.join();
+    ASSERT_TRUE(backend.flush(kPatience));
+    EXPECT_EQ(sink.event_count(), static_cast<std::size_t>(round + 1) * 100) << round;
+  }
+  EXPECT_TRUE(backend.shutdown());
+}

@@ -433,6 +433,7 @@ class BufferedBackend {
       parker_.notify_published([&] { return queue_.queued(lane); });
       return result;
     }
+    if (result == detail::PushResult::full) parker_.notify_full();
     if (result == detail::PushResult::full && config_.overflow == OverflowPolicy::block &&
         !on_own_thread()) {
       return offer_blocking(std::forward<Args>(args)...);
@@ -454,6 +455,7 @@ class BufferedBackend {
         return result;
       }
       if (result == detail::PushResult::closed) return result;
+      parker_.notify_full();
       if (!ready && deadline && Clock::now() >= *deadline) return result;
     }
   }

@@ -51,6 +51,17 @@ class Parker {
     signal();
   }
 
+  // Producer, refused for want of space: the lanes may each hold less than their share while
+  // all of them together fill the buffer, so wake the consumer if it waits for more. One
+  // atomic load unless it does.
+  void notify_full() {
+    std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
+    if (wake_at == kDisarmed) [[likely]]
+      return;
+    if (!wake_at_.compare_exchange_strong(wake_at, kDisarmed, std::memory_order_seq_cst)) return;
+    signal();
+  }
+
   // Any thread: wake the consumer now (or make its next park return at once). Blocks briefly
   // on the mutex; never allocates.
   void signal() {
