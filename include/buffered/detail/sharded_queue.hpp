@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -187,9 +188,32 @@ class ShardedQueue {
   // (`out` aside); `out` must not throw.
   template <class Out>
   std::size_t pop(std::size_t max, Out&& out) noexcept {
+    return pop_runs(max, [&out](T* first, std::size_t n) {
+      for (std::size_t i = 0; i < n; ++i) out(std::move(first[i]));
+    });
+  }
+
+  // Consumer only, as pop(): appends up to `max` elements to `batch`, each contiguous run at
+  // once (one memmove when T is trivially copyable). `batch` must have room for them reserved, so
+  // this never allocates.
+  template <class Vector>
+  std::size_t pop_into(std::size_t max, Vector& batch) noexcept {
+    return pop_runs(max, [&batch](T* first, std::size_t n) {
+      if constexpr (std::is_trivially_copyable_v<T>) {
+        batch.insert(batch.end(), first, first + n);  // one memmove
+      } else {
+        for (std::size_t i = 0; i < n; ++i) batch.push_back(std::move(first[i]));
+      }
+    });
+  }
+
+  // Consumer only: moves up to `max` elements out as contiguous runs, `take(first, n)`, then
+  // destroys them.
+  template <class Take>
+  std::size_t pop_runs(std::size_t max, Take&& take) noexcept {
     std::size_t total = 0;
     for (unsigned k = 0; k < kLanes && total < max; ++k) {
-      total += pop_lane(lanes_[(start_lane_ + k) % kLanes], max - total, out);
+      total += pop_lane(lanes_[(start_lane_ + k) % kLanes], max - total, take);
     }
     start_lane_ = (start_lane_ + 1) % kLanes;
     if (total != 0) {
@@ -344,12 +368,12 @@ class ShardedQueue {
     return true;
   }
 
-  template <class Out>
-  std::size_t pop_lane(Lane& lane, std::size_t max, Out& out) noexcept {
+  template <class Take>
+  std::size_t pop_lane(Lane& lane, std::size_t max, Take& take) noexcept {
     const std::uint64_t end = lane.published.load(std::memory_order_acquire) / 2;
     const std::uint64_t c = lane.consumed.load(std::memory_order_relaxed);
     const std::uint64_t n = std::min<std::uint64_t>(end - c, max);
-    for (std::uint64_t i = 0; i < n; ++i) {
+    for (std::uint64_t done = 0; done < n;) {
       if (lane.head_index == block_) {
         const std::size_t next = next_[lane.head_block].load(std::memory_order_relaxed);
         free_lock_.lock();
@@ -358,9 +382,13 @@ class ShardedQueue {
         lane.head_block = next;
         lane.head_index = 0;
       }
-      T* element = slot(lane.head_block, lane.head_index++);
-      out(std::move(*element));
-      element->~T();
+      const std::size_t run =
+          static_cast<std::size_t>(std::min<std::uint64_t>(n - done, block_ - lane.head_index));
+      T* first = slot(lane.head_block, lane.head_index);
+      take(first, run);
+      std::destroy_n(first, run);
+      lane.head_index += run;
+      done += run;
     }
     if (n != 0) lane.consumed.store(c + n, std::memory_order_release);
     return static_cast<std::size_t>(n);

@@ -137,8 +137,7 @@ class Worker {
       bool marked = false;
       for (;;) {
         const std::uint64_t first = p_.queue.position();
-        const std::size_t n = p_.queue.pop(max_batch_ - chunk.size(),
-                                           [&chunk](Event&& e) { chunk.push_back(std::move(e)); });
+        const std::size_t n = p_.queue.pop_into(max_batch_ - chunk.size(), chunk);
         if (n != 0 && !marked) {
           p_.counters.abandoned_any.store(true, std::memory_order_release);
           p_.completion.abandoning_from(offset(first));
@@ -188,8 +187,7 @@ class Worker {
       {
         std::lock_guard<std::mutex> lock(consumer_mu_);
         if (was_empty) first = p_.queue.position();
-        taken = p_.queue.pop(max_batch_ - batch.size(),
-                             [&batch](Event&& e) { batch.push_back(std::move(e)); });
+        taken = p_.queue.pop_into(max_batch_ - batch.size(), batch);
         if (taken != 0) {
           p_.counters.pending.fetch_add(taken, std::memory_order_relaxed);
           undispatched_.store(batch.size(), std::memory_order_release);
@@ -232,6 +230,7 @@ class Worker {
       const std::uint64_t lacking = batch.empty() ? 1 : max_batch_ - batch.size();
       const unsigned lanes = p_.queue.active_lanes();
       const std::uint64_t threshold = (lacking + lanes - 1) / lanes;
+      if (taken != 0 && spin_until_reached(threshold, served)) continue;
       p_.parker.arm(threshold);
       if (!p_.queue.any_reached(threshold) &&
           flush_requested_.load(std::memory_order_acquire) == served) {
@@ -248,6 +247,21 @@ class Worker {
     if (pool_) pool_->stop_and_join();
     on_finish_();
     p_.completion.mark_complete(offset(p_.queue.position()));
+  }
+
+  // While events flow, the threshold is usually reached within microseconds: poll for up to
+  // kSpin instead of parking, which would cost the producer that wakes us a syscall and us a
+  // context switch. Only right after a round that took events, so an idle worker never spins.
+  bool spin_until_reached(std::uint64_t threshold, std::uint64_t served) {
+    const auto until = Clock::now() + kSpin;
+    for (int i = 1;; ++i) {
+      if (p_.queue.any_reached(threshold)) return true;
+      if ((i & 63) == 0 && (Clock::now() >= until || p_.stop.stopping() ||
+                            flush_requested_.load(std::memory_order_relaxed) != served)) {
+        return false;
+      }
+      cpu_relax();
+    }
   }
 
   void dispatch(Batch& batch, std::uint64_t first) {
@@ -298,6 +312,8 @@ class Worker {
     undispatched_.store(0, std::memory_order_release);
     p_.completion.batch_done(offset(first) + n);
   }
+
+  static constexpr std::chrono::microseconds kSpin{50};
 
   Parts p_;
   const std::size_t max_batch_;
