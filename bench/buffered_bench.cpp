@@ -17,6 +17,8 @@
 // Prints Markdown tables. Not a test: it asserts nothing about speed.
 #include <buffered/buffered_backend.hpp>
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -30,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -420,11 +423,37 @@ struct alignas(128) PaddedCounter {
   std::atomic<std::uint64_t> value{0};
 };
 
-// `threads` threads run `test` for `duration`; returns the total increments per second.
-double hw_ops_per_second(HwTest test, int threads, std::chrono::milliseconds duration) {
+// Pins `thread` to the index-th CPU this process may run on, so that the threads of a hardware
+// test run on different cores (on a shared machine they might otherwise take turns on one).
+// Returns false if there is no such CPU.
+bool pin_to_cpu(std::thread& thread, int index) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+  for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed) || seen++ != index) continue;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return pthread_setaffinity_np(thread.native_handle(), sizeof one, &one) == 0;
+  }
+  return false;
+}
+
+// `threads` threads, each pinned to its own CPU where there are enough, run `test` for
+// `duration`. Returns the total increments per second, and the slowest thread's share of them
+// (1/threads when the line is shared fairly; near 0 when one thread keeps it).
+bool g_hw_unpinned = false;  // a hardware test thread could not have a CPU of its own
+
+struct HwResult {
+  double ops_per_second;
+  double slowest_share;
+};
+
+HwResult hw_run(HwTest test, int threads, std::chrono::milliseconds duration) {
   PaddedCounter shared;
   std::vector<PaddedCounter> own(static_cast<std::size_t>(threads));
-  PaddedCounter ops;  // the increments each thread made, summed at its end
+  std::vector<std::uint64_t> made(static_cast<std::size_t>(threads));  // by each thread
   alignas(128) std::atomic<bool> stop{false};
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
@@ -450,8 +479,9 @@ double hw_ops_per_second(HwTest test, int threads, std::chrono::milliseconds dur
         }
         n += 256;
       }
-      ops.value.fetch_add(n);
+      made[static_cast<std::size_t>(t)] = n;
     });
+    if (!pin_to_cpu(pool.back(), t)) g_hw_unpinned = true;
   }
   while (ready.load() < threads) std::this_thread::yield();
   const auto t0 = Clock::now();
@@ -462,8 +492,11 @@ double hw_ops_per_second(HwTest test, int threads, std::chrono::milliseconds dur
   const double s = seconds_since(t0);
   std::uint64_t counted = shared.value.load();
   for (auto& c : own) counted += c.value.load();
-  check(counted == ops.value.load(), "hardware counters disagree");
-  return static_cast<double>(counted) / s;
+  const std::uint64_t total = std::accumulate(made.begin(), made.end(), std::uint64_t{0});
+  check(counted == total && total != 0, "hardware counters disagree");
+  const std::uint64_t slowest = *std::min_element(made.begin(), made.end());
+  return {static_cast<double>(counted) / s,
+          static_cast<double>(slowest) / static_cast<double>(total)};
 }
 
 // ---- the machine ----
@@ -612,14 +645,28 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   // The hardware first, while nothing else of ours runs.
-  std::vector<double> hw[kHwTests];
+  std::vector<double> hw[kHwTests], hw_share[kHwTests];
   for (int r = 0; r < rounds; ++r) {
     for (int t = 0; t < kHwTests; ++t) {
-      hw[t].push_back(hw_ops_per_second(static_cast<HwTest>(t), 2, hw_time));
+      const HwResult result = hw_run(static_cast<HwTest>(t), 2, hw_time);
+      hw[t].push_back(result.ops_per_second);
+      hw_share[t].push_back(result.slowest_share);
     }
   }
   Summary hw_sum[kHwTests];
   for (int t = 0; t < kHwTests; ++t) hw_sum[t] = summarize(hw[t]);
+  const auto print_hw_table = [&] {
+    std::printf(
+        "\n| hardware: 2 threads %s, %lld ms, median of %d | M increments/s, total | "
+        "slower thread's share |\n",
+        g_hw_unpinned ? "(NOT pinned)" : "pinned to 2 CPUs",
+        static_cast<long long>(hw_time.count()), rounds);
+    std::printf("| --- | --- | --- |\n");
+    for (int t = 0; t < kHwTests; ++t) {
+      std::printf("| %s | %.1f | %.0f%% |\n", kHwNames[t], hw_sum[t].median / 1e6,
+                  summarize(hw_share[t]).median * 100);
+    }
+  };
 
   // Lossless throughput: every producer count and contender in each round.
   const std::size_t counts = producer_counts.size();
@@ -665,12 +712,7 @@ int main(int argc, char** argv) {
   }
 
   if (hw_only) {
-    std::printf("\n| hardware: 2 threads, %lld ms each, median of %d | M increments/s, total |\n",
-                static_cast<long long>(hw_time.count()), rounds);
-    std::printf("| --- | --- |\n");
-    for (int t = 0; t < kHwTests; ++t) {
-      std::printf("| %s | %.1f |\n", kHwNames[t], hw_sum[t].median / 1e6);
-    }
+    print_hw_table();
     return 0;
   }
 
@@ -750,12 +792,7 @@ int main(int argc, char** argv) {
       "| - | reported |\n",
       sync_state.voluntary_switches_per_batch, async_state.voluntary_switches_per_batch);
 
-  std::printf("\n| hardware: 2 threads, %lld ms each, median of %d | M increments/s, total |\n",
-              static_cast<long long>(hw_time.count()), rounds);
-  std::printf("| --- | --- |\n");
-  for (int t = 0; t < kHwTests; ++t) {
-    std::printf("| %s | %.1f |\n", kHwNames[t], hw_sum[t].median / 1e6);
-  }
+  print_hw_table();
 
   std::printf(
       "\nmoodycamel: %s. SPSC ring: one bare ring per producer (%s), the consumer sweeps them "
