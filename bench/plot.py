@@ -58,9 +58,9 @@ def plot(data_path, out_path):
         "font.size": 9,
     })
     meta, rows = read(data_path)
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
     xs_all = set()
-    for name, label, style in SERIES:
+    for k, (name, label, style) in enumerate(SERIES):
         pts = sorted((int(r["producers"]), float(r["median"]) / 1e6, float(r["min"]) / 1e6,
                       float(r["max"]) / 1e6) for r in rows if r["implementation"] == name)
         if not pts:
@@ -70,7 +70,8 @@ def plot(data_path, out_path):
         low = [p[1] - p[2] for p in pts]
         high = [p[3] - p[1] for p in pts]
         xs_all.update(xs)
-        ax.errorbar(xs, med, yerr=[low, high], label=label, capsize=3, markersize=5, **style)
+        dodge = 2 ** ((k - 1.5) * 0.025)  # side by side, so that the bars do not hide each other
+        ax.errorbar([x * dodge for x in xs], med, yerr=[low, high], label=label, capsize=3, markersize=5, **style)
     ax.set_xscale("log", base=2)
     ticks = sorted(xs_all)
     ax.set_xticks(ticks)
@@ -93,7 +94,7 @@ def plot(data_path, out_path):
                         if key in meta)
     if hw_text:
         fig.text(0.01, 0.01, f"this machine, 2 threads: {hw_text}", fontsize=7.5, color="#555555")
-    ax.legend(fontsize=7.5, loc="best", frameon=False)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.savefig(out_path, format="svg", metadata={"Date": None})
