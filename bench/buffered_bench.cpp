@@ -798,8 +798,8 @@ int main(int argc, char** argv) {
       "\nmoodycamel: %s. SPSC ring: one bare ring per producer (%s), the consumer sweeps them "
       "round robin; the ideal sharded handoff, no batching policy, no wake-ups. Best batcher: the "
       "faster of mutex+deque and moodycamel.\n",
-      kHaveMoodycamel ? "BlockingConcurrentQueue, a ProducerToken per producer, enqueue under an "
-                        "exact cap of 10000 queued (an atomic count; blocks pre-allocated), "
+      kHaveMoodycamel ? "BlockingConcurrentQueue, a ProducerToken per producer, enqueue with at "
+                        "most 10000 queued (slots reserved 32 at a time; blocks pre-allocated), "
                         "wait_dequeue_bulk_timed into batches of up to 400"
                       : "not built (blockingconcurrentqueue.h not found)",
       "about 10000 slots in all");

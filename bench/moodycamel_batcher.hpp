@@ -6,16 +6,21 @@
 // Choices, as an expert would make them:
 // - Each producer thread enqueues through its own moodycamel::ProducerToken (the queue's fast
 //   path: one sub-queue per producer, no shared tail). The bench gets one with make_producer().
-// - Bounded exactly like the others: an atomic count of queued events, capped at buffer_size
-//   (fetch_add, undone when over the cap; the consumer subtracts what it dequeues). try_enqueue
-//   alone cannot be the bound: an explicit producer keeps every block it ever took, so one that
-//   ran ahead holds the pre-allocated blocks for good and try_enqueue of another fails forever
-//   (measured here: with 2 producers the second could not enqueue a single event).
+// - Bounded like the others: at most buffer_size events queued, counted in one atomic. Each
+//   producer reserves slots 32 at a time (one if 32 do not fit) and gives back what it did not
+//   use when its handle goes, so the shared count is touched once per 32 events, not per event;
+//   the consumer frees a batch's slots when it takes the batch. Queued events never exceed
+//   buffer_size; the slots producers hold unused (under 32 each) can make a producer see the
+//   buffer full a little early. (A fetch_add per event would be a second contended atomic per
+//   event, beside the semaphore's.)
+//   try_enqueue alone cannot be the bound: an explicit producer keeps every block it ever took,
+//   so one that ran ahead holds the pre-allocated blocks for good and try_enqueue of another
+//   fails forever (measured here: with 2 producers the second could not enqueue one event).
 // - Allocation-free in practice: the queue is built with the (capacity, producers, 0)
 //   constructor, which pre-allocates enough 32-event blocks for each of `producers` tokens to
 //   hold buffer_size events at once; enqueue would allocate beyond that, which the cap prevents.
-// - BlockingConcurrentQueue signals a semaphore on every enqueue: one more shared atomic per
-//   event. That is the price of its blocking wait, and part of what this reference measures.
+// - BlockingConcurrentQueue signals a semaphore on every enqueue: one shared atomic per event
+//   remains. That is the price of its blocking wait, and part of what this reference measures.
 // - One consumer with a ConsumerToken fills a batch with wait_dequeue_bulk_timed. A blocked
 //   consumer cannot be woken without an event, so it waits at most `tick` at a time and then
 //   looks at the flush and stop requests: flush() returns up to one tick late, and an idle
@@ -40,16 +45,21 @@ namespace bench {
 template <class Event, class Sink>
 class MoodycamelBatcher {
   using Queue = moodycamel::BlockingConcurrentQueue<Event>;
+  static constexpr std::size_t kCredits = 32;  // slots a producer reserves at a time
 
  public:
   // One producer's handle: use it from one thread at a time.
   class Producer {
    public:
+    Producer(const Producer&) = delete;
+    Producer& operator=(const Producer&) = delete;
+    ~Producer() {  // gives back the slots it reserved and did not use
+      if (credits_ != 0) owner_->reserved_.fetch_sub(credits_, std::memory_order_relaxed);
+    }
+
     bool process_event(const Event& e) {
-      if (owner_->queued_.fetch_add(1, std::memory_order_relaxed) >= owner_->buffer_size_) {
-        owner_->queued_.fetch_sub(1, std::memory_order_relaxed);
-        return false;
-      }
+      if (credits_ == 0 && !reserve()) return false;
+      --credits_;
       owner_->queue_.enqueue(token_, e);
       return true;
     }
@@ -57,8 +67,24 @@ class MoodycamelBatcher {
    private:
     friend class MoodycamelBatcher;
     explicit Producer(MoodycamelBatcher& owner) : owner_(&owner), token_(owner.queue_) {}
+
+    // Reserves kCredits slots if they fit under the cap, else one, else none (the buffer is
+    // full). The shared count is touched once per kCredits events, not per event.
+    bool reserve() {
+      for (const std::size_t want : {kCredits, std::size_t{1}}) {
+        if (owner_->reserved_.fetch_add(want, std::memory_order_relaxed) + want <=
+            owner_->buffer_size_) {
+          credits_ = want;
+          return true;
+        }
+        owner_->reserved_.fetch_sub(want, std::memory_order_relaxed);
+      }
+      return false;
+    }
+
     MoodycamelBatcher* owner_;
     moodycamel::ProducerToken token_;
+    std::size_t credits_ = 0;  // slots reserved and not used yet
   };
 
   MoodycamelBatcher(Sink& sink, std::size_t buffer_size, std::size_t max_batch,
@@ -118,7 +144,7 @@ class MoodycamelBatcher {
         }
       }
       if (n != 0) {
-        queued_.fetch_sub(n, std::memory_order_relaxed);  // their slots are free again
+        reserved_.fetch_sub(n, std::memory_order_relaxed);  // their slots are free again
         sink_.process_events(std::span<Event>(batch.data(), n));
         continue;
       }
@@ -140,7 +166,8 @@ class MoodycamelBatcher {
   const std::chrono::nanoseconds max_wait_;
   const std::chrono::microseconds tick_;
   Queue queue_;
-  alignas(64) std::atomic<std::size_t> queued_{0};  // events enqueued and not yet dequeued
+  // Slots taken: events enqueued and not yet dequeued, plus credits producers hold unused.
+  alignas(64) std::atomic<std::size_t> reserved_{0};
   alignas(64) std::atomic<bool> stop_{false};
   std::atomic<std::uint64_t> flush_requested_{0};
   std::mutex flush_mu_;
