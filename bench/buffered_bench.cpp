@@ -722,9 +722,24 @@ int main(int argc, char** argv) {
     drop_mtx.push_back(refused_share_mutex(events));
   }
   const std::uint64_t latency_events = std::min<std::uint64_t>(events / 2, 1'000'000);
-  const Percentiles lat_lib = latency_library(latency_events);
-  const Percentiles lat_mtx = latency_mutex(latency_events);
-  const Percentiles lat_mc = latency_moodycamel(latency_events);
+  std::vector<Percentiles> lat_runs[3];  // buffered, mutex, moodycamel; interleaved
+  for (int r = 0; r < rounds; ++r) {
+    lat_runs[0].push_back(latency_library(latency_events));
+    lat_runs[1].push_back(latency_mutex(latency_events));
+    lat_runs[2].push_back(latency_moodycamel(latency_events));
+  }
+  const auto median_percentiles = [](const std::vector<Percentiles>& v) {
+    std::vector<double> p50, p99, p999;
+    for (const Percentiles& p : v) {
+      p50.push_back(p.p50);
+      p99.push_back(p.p99);
+      p999.push_back(p.p999);
+    }
+    return Percentiles{summarize(p50).median, summarize(p99).median, summarize(p999).median};
+  };
+  const Percentiles lat_lib = median_percentiles(lat_runs[0]);
+  const Percentiles lat_mtx = median_percentiles(lat_runs[1]);
+  const Percentiles lat_mc = median_percentiles(lat_runs[2]);
   const double idle_ms = idle_cpu_ms(idle);
   const SteadyState sync_state = steady_state(false, events / 10);
   const SteadyState async_state = steady_state(true, events / 10);
@@ -766,7 +781,8 @@ int main(int argc, char** argv) {
       rounds, drop_l.median * 100, drop_l.max * 100, drop_m.median * 100, drop_m.max * 100,
       verdict(drop_l.median, 0.01, false).c_str(), verdict(drop_l.max, 0.03, false).c_str());
   std::printf(
-      "| process_event p50 / p99 / p99.9, 2 producers (ns) | %s / %s / %s | %s / %s / %s | %s / %s "
+      "| process_event p50 / p99 / p99.9, 2 producers, medians (ns) | %s / %s / %s | %s / %s / %s "
+      "| %s / %s "
       "/ %s | - | p99.9 %s | p99.9 %s | - | - | p99.9 <= 0.2x mutex%s |\n",
       fmt("%.0f", lat_lib.p50).c_str(), fmt("%.0f", lat_lib.p99).c_str(),
       fmt("%.0f", lat_lib.p999).c_str(), fmt("%.0f", lat_mtx.p50).c_str(),
