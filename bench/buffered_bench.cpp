@@ -552,6 +552,22 @@ Machine this_machine() {
   return m;
 }
 
+// The 1, 5 and 15 minute load averages, to tell a reader whether the machine was busy: the
+// benchmark's threads need the cores to themselves.
+std::string load_average() {
+  std::string load = "unknown";
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+    double a = 0, b = 0, c = 0;
+    if (std::fscanf(f, "%lf %lf %lf", &a, &b, &c) == 3) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.2f %.2f %.2f", a, b, c);
+      load = buf;
+    }
+    std::fclose(f);
+  }
+  return load;
+}
+
 // ---- statistics and formatting ----
 
 struct Summary {
@@ -638,10 +654,12 @@ int main(int argc, char** argv) {
   }
 
   const Machine machine = this_machine();
+  const std::string load_at_start = load_average();
   std::printf(
-      "buffered_bench on %s: %d processors in /proc/cpuinfo, hardware_concurrency %u; %s; %s\n",
+      "buffered_bench on %s: %d processors in /proc/cpuinfo, hardware_concurrency %u; %s; %s; "
+      "load average %s\n",
       machine.cpu.c_str(), machine.cpuinfo_processors, machine.hardware_concurrency,
-      machine.compiler.c_str(), machine.date.c_str());
+      machine.compiler.c_str(), machine.date.c_str(), load_at_start.c_str());
   std::fflush(stdout);
 
   // The hardware first, while nothing else of ours runs.
@@ -696,6 +714,8 @@ int main(int argc, char** argv) {
     std::fprintf(f, "# compiler=%s\n# date=%s\n# rounds=%d\n# events=%llu\n",
                  machine.compiler.c_str(), machine.date.c_str(), rounds,
                  static_cast<unsigned long long>(events));
+    std::fprintf(f, "# load_average_at_start=%s\n# load_average_after_lossless=%s\n",
+                 load_at_start.c_str(), load_average().c_str());
     for (int t = 0; t < kHwTests; ++t) {
       std::fprintf(f, "# %s_ops_per_s=%.0f\n", kHwKeys[t], hw_sum[t].median);
     }
@@ -819,5 +839,7 @@ int main(int argc, char** argv) {
                         "wait_dequeue_bulk_timed into batches of up to 400"
                       : "not built (blockingconcurrentqueue.h not found)",
       "about 10000 slots in all");
+  std::printf("load average at the end: %s (a busy machine makes every figure above noisy)\n",
+              load_average().c_str());
   return 0;
 }

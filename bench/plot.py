@@ -92,8 +92,11 @@ def plot(data_path, out_path):
           ("private fetch_add", "hw_add_private_ops_per_s")]
     hw_text = ", ".join(f"{label} {float(meta[key]) / 1e6:.0f}M/s" for label, key in hw
                         if key in meta)
-    if hw_text:
-        fig.text(0.01, 0.01, f"this machine, 2 threads: {hw_text}", fontsize=7.5, color="#555555")
+    footer = f"this machine, 2 threads: {hw_text}" if hw_text else ""
+    if "load_average_at_start" in meta:
+        footer += f"; load average at start {meta['load_average_at_start'].split()[0]}"
+    if footer:
+        fig.text(0.01, 0.01, footer, fontsize=7.5, color="#555555")
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
