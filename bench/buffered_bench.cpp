@@ -1,25 +1,45 @@
-// buffered_bench: BufferedBackend against the two references in this folder, measured in one
+// buffered_bench: BufferedBackend against the references in this folder, measured in one
 // process and interleaved round by round so that machine drift cancels out of the ratios.
 //
-//   buffered_bench [--quick] [--rounds N] [--events N]
+//   buffered_bench [--quick] [--rounds N] [--events N] [--producers LIST] [--csv FILE]
+//                  [--hw-only]
 //
-// Prints one Markdown table. Not a test: it asserts nothing about speed.
+//   --quick          a seconds-long smoke run (CI): 1 round, 400000 events, short hardware runs
+//   --rounds N       rounds of every measurement (default 5); the table shows medians
+//   --events N       events per lossless and drop-when-full run (default 10000000)
+//   --producers LIST lossless producer counts, e.g. 1,2,4,8 (the default)
+//   --csv FILE       also writes the lossless medians, ranges and the machine (for bench/plot.py)
+//   --hw-only        only the hardware table: contended CAS, contended fetch_add, private lines
+//
+// References: bench/mutex_batcher.hpp (mutex + condition variable + deque), bench/
+// moodycamel_batcher.hpp (moodycamel::BlockingConcurrentQueue, where its header was found at
+// build time), bench/spsc_ring.hpp (one bare SPSC ring per producer: the ideal sharded handoff).
+// Prints Markdown tables. Not a test: it asserts nothing about speed.
 #include <buffered/buffered_backend.hpp>
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
 
+#ifdef BUFFERED_BENCH_HAVE_MOODYCAMEL
+#include "moodycamel_batcher.hpp"
+#endif
 #include "mutex_batcher.hpp"
 #include "spsc_ring.hpp"
 
@@ -53,6 +73,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+
+constexpr std::size_t kBufferSize = 10000;  // the issue's workload: buffer 10000, batch 400
+constexpr std::size_t kMaxBatch = 400;
+constexpr auto kMaxWait = 30s;
+
+#ifdef BUFFERED_BENCH_HAVE_MOODYCAMEL
+constexpr bool kHaveMoodycamel = true;
+#else
+constexpr bool kHaveMoodycamel = false;
+#endif
 
 struct Event {  // 64 bytes, as in the issue
   std::uint64_t v[8];
@@ -90,35 +120,65 @@ void check(bool ok, const char* what) {
   }
 }
 
-// Runs `producers` threads, each calling produce(p, count); returns when all have finished.
+// Producer p's share of `total` events among `producers`.
+std::uint64_t share(std::uint64_t total, int producers, int p) {
+  const auto n = static_cast<std::uint64_t>(producers);
+  return total / n + (static_cast<std::uint64_t>(p) < total % n ? 1 : 0);
+}
+
+// Starts `producers` threads; once all are running they are released together and each calls
+// produce(p, its share of total). Returns the release time, after all have finished. Threads
+// wait by yielding: with more producers than cores, spinning would delay the start.
 template <class Produce>
-void run_producers(int producers, std::uint64_t total, Produce produce) {
+Clock::time_point run_producers(int producers, std::uint64_t total, Produce produce) {
   std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
   std::vector<std::thread> threads;
   for (int p = 0; p < producers; ++p) {
     threads.emplace_back([&, p] {
-      ++ready;
-      while (ready.load() < producers) {
-      }
-      produce(p, total / static_cast<std::uint64_t>(producers));
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      produce(p, share(total, producers, p));
     });
   }
+  while (ready.load() < producers) std::this_thread::yield();
+  const auto t0 = Clock::now();
+  go.store(true, std::memory_order_release);
   for (auto& t : threads) t.join();
+  return t0;
+}
+
+// Calls f(handle) with what one producer thread offers events to: the contender's own
+// per-producer handle where it has one (make_producer(): moodycamel's ProducerToken), else the
+// contender itself.
+template <class Contender, class F>
+void as_producer(Contender& contender, F&& f) {
+  if constexpr (requires { contender.make_producer(); }) {
+    auto handle = contender.make_producer();
+    f(handle);
+  } else {
+    f(contender);
+  }
 }
 
 // ---- workload 1: lossless throughput (events delivered per second) ----
 
-// Producers retry refused events until all `total` are in; the clock stops when the contender
-// has delivered them all. `contender` has process_event(const Event&) and flush().
+enum Impl { kBuffered, kMutex, kMoodycamel, kSpsc, kImpls };
+const char* const kImplNames[kImpls] = {"buffered", "mutex", "moodycamel", "spsc"};
+
+// Producers retry refused events until all `total` are in; the clock runs from the producers'
+// release until the contender has delivered them all (flush() returned). `contender` has
+// process_event(const Event&) (or make_producer()) and flush().
 template <class Contender>
 double lossless(int producers, std::uint64_t total, Contender& contender, const SumSink& sink) {
-  const auto t0 = Clock::now();
-  run_producers(producers, total, [&](int, std::uint64_t n) {
-    Event e{};
-    e.v[0] = 1;
-    for (std::uint64_t i = 0; i < n; ++i) {
-      while (!contender.process_event(e)) relax();
-    }
+  const auto t0 = run_producers(producers, total, [&](int, std::uint64_t n) {
+    as_producer(contender, [&](auto& handle) {
+      Event e{};
+      e.v[0] = 1;
+      for (std::uint64_t i = 0; i < n; ++i) {
+        while (!handle.process_event(e)) relax();
+      }
+    });
   });
   contender.flush();
   const double s = seconds_since(t0);
@@ -135,35 +195,74 @@ double lossless_library(int producers, std::uint64_t total) {
 
 double lossless_mutex(int producers, std::uint64_t total) {
   SumSink sink;
-  bench::MutexBatcher<Event, SumSink> batcher(sink, 10000, 400, 30s);
+  bench::MutexBatcher<Event, SumSink> batcher(sink, kBufferSize, kMaxBatch, kMaxWait);
   return lossless(producers, total, batcher, sink);
 }
 
-double lossless_spsc(std::uint64_t total) {
-  bench::SpscRing<Event> ring(16384);
+double lossless_moodycamel([[maybe_unused]] int producers, [[maybe_unused]] std::uint64_t total) {
+#ifdef BUFFERED_BENCH_HAVE_MOODYCAMEL
+  SumSink sink;
+  bench::MoodycamelBatcher<Event, SumSink> batcher(sink, kBufferSize, kMaxBatch, kMaxWait,
+                                                   static_cast<std::size_t>(producers));
+  return lossless(producers, total, batcher, sink);
+#else
+  return NAN;
+#endif
+}
+
+// The ideal sharded handoff: one bare SPSC ring per producer (together about the buffer's
+// size), one consumer sweeping them round robin, up to a batch from each. No batching policy,
+// no wake-ups (the consumer spins), no accounting.
+double lossless_spsc(int producers, std::uint64_t total) {
+  const std::size_t per_ring =
+      std::bit_ceil((kBufferSize + static_cast<std::size_t>(producers) - 1) /
+                    static_cast<std::size_t>(producers));  // 1 producer: 16384, as before
+  std::vector<std::unique_ptr<bench::SpscRing<Event>>> rings;
+  for (int p = 0; p < producers; ++p)
+    rings.push_back(std::make_unique<bench::SpscRing<Event>>(per_ring));
   std::uint64_t sum = 0;
   std::atomic<bool> started{false};
   std::thread consumer([&] {
     started = true;
     std::uint64_t seen = 0;
     while (seen < total) {
-      const std::size_t n = ring.pop_all([&](const Event& e) { sum += e.v[0]; }, 400);
-      seen += n;
-      if (n == 0) std::this_thread::yield();
+      std::size_t got = 0;
+      for (auto& ring : rings) {
+        got += ring->pop_all([&](const Event& e) { sum += e.v[0]; }, kMaxBatch);
+      }
+      seen += got;
+      if (got == 0) std::this_thread::yield();
     }
   });
-  while (!started.load()) {
-  }
-  const auto t0 = Clock::now();
-  Event e{};
-  e.v[0] = 1;
-  for (std::uint64_t i = 0; i < total; ++i) {
-    while (!ring.try_push(e)) relax();
-  }
+  while (!started.load()) std::this_thread::yield();
+  const auto t0 = run_producers(producers, total, [&](int p, std::uint64_t n) {
+    auto& ring = *rings[static_cast<std::size_t>(p)];
+    Event e{};
+    e.v[0] = 1;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      while (!ring.try_push(e)) relax();
+    }
+  });
   consumer.join();
   const double s = seconds_since(t0);
   check(sum == total, "spsc ring lost events");
   return static_cast<double>(total) / s;
+}
+
+double lossless_run(Impl impl, int producers, std::uint64_t total) {
+  switch (impl) {
+    case kBuffered:
+      return lossless_library(producers, total);
+    case kMutex:
+      return lossless_mutex(producers, total);
+    case kMoodycamel:
+      return lossless_moodycamel(producers, total);
+    case kSpsc:
+      return lossless_spsc(producers, total);
+    case kImpls:
+      break;
+  }
+  return NAN;
 }
 
 // ---- workload 2: drop-when-full at full speed ----
@@ -186,7 +285,7 @@ double refused_share_mutex(std::uint64_t total) {
   SumSink sink;
   std::uint64_t refused = 0;
   {
-    bench::MutexBatcher<Event, SumSink> batcher(sink, 10000, 400, 30s);
+    bench::MutexBatcher<Event, SumSink> batcher(sink, kBufferSize, kMaxBatch, kMaxWait);
     Event e{};
     e.v[0] = 1;
     for (std::uint64_t i = 0; i < total; ++i) refused += batcher.process_event(e) ? 0 : 1;
@@ -201,22 +300,26 @@ struct Percentiles {
   double p50, p99, p999;
 };
 
-template <class Offer>
-Percentiles latency(std::uint64_t per_producer, Offer offer) {
+// Each of 2 producers offers per_producer events (refused ones are dropped), timing each call.
+template <class Contender>
+Percentiles latency(std::uint64_t per_producer, Contender& contender) {
   std::vector<std::vector<std::uint32_t>> samples(2);
   for (auto& s : samples) s.resize(per_producer);
   run_producers(2, per_producer * 2, [&](int p, std::uint64_t n) {
-    Event e{};
-    e.v[0] = 1;
-    auto& out = samples[static_cast<std::size_t>(p)];
-    for (std::uint64_t i = 0; i < n; ++i) {
-      const auto t0 = Clock::now();
-      offer(e);
-      const auto ns =
-          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
-      out[i] = static_cast<std::uint32_t>(std::min<std::int64_t>(ns, UINT32_MAX));
-    }
+    as_producer(contender, [&](auto& handle) {
+      Event e{};
+      e.v[0] = 1;
+      auto& out = samples[static_cast<std::size_t>(p)];
+      for (std::uint64_t i = 0; i < n; ++i) {
+        const auto t0 = Clock::now();
+        handle.process_event(e);
+        const auto ns =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+        out[i] = static_cast<std::uint32_t>(std::min<std::int64_t>(ns, UINT32_MAX));
+      }
+    });
   });
+  contender.flush();
   std::vector<std::uint32_t> all;
   for (auto& s : samples) all.insert(all.end(), s.begin(), s.end());
   std::sort(all.begin(), all.end());
@@ -231,13 +334,23 @@ Percentiles latency_library(std::uint64_t per_producer) {
   SumSink sink;
   buffered::BufferedBackend<Event, SumSink&> backend(sink, bench_config());
   backend.run();
-  return latency(per_producer, [&](const Event& e) { backend.process_event(e); });
+  return latency(per_producer, backend);
 }
 
 Percentiles latency_mutex(std::uint64_t per_producer) {
   SumSink sink;
-  bench::MutexBatcher<Event, SumSink> batcher(sink, 10000, 400, 30s);
-  return latency(per_producer, [&](const Event& e) { batcher.process_event(e); });
+  bench::MutexBatcher<Event, SumSink> batcher(sink, kBufferSize, kMaxBatch, kMaxWait);
+  return latency(per_producer, batcher);
+}
+
+Percentiles latency_moodycamel([[maybe_unused]] std::uint64_t per_producer) {
+#ifdef BUFFERED_BENCH_HAVE_MOODYCAMEL
+  SumSink sink;
+  bench::MoodycamelBatcher<Event, SumSink> batcher(sink, kBufferSize, kMaxBatch, kMaxWait, 2);
+  return latency(per_producer, batcher);
+#else
+  return {NAN, NAN, NAN};
+#endif
 }
 
 // ---- workload 4: idle cost ----
@@ -296,9 +409,216 @@ SteadyState steady_state(bool async, std::uint64_t events) {
           static_cast<double>(r1.ru_nvcsw - r0.ru_nvcsw) / batches};
 }
 
-double median(std::vector<double> v) {
+// ---- the hardware itself: what a shared cache line costs on this machine ----
+
+enum HwTest { kCasShared, kAddShared, kAddPrivate, kHwTests };
+const char* const kHwKeys[kHwTests] = {"hw_cas_shared", "hw_add_shared", "hw_add_private"};
+const char* const kHwNames[kHwTests] = {
+    "CAS loop (+1), one shared cache line",
+    "fetch_add, one shared cache line",
+    "fetch_add, private 128-byte-aligned lines",
+};
+
+struct alignas(128) PaddedCounter {
+  std::atomic<std::uint64_t> value{0};
+};
+
+// Pins `thread` to the index-th CPU this process may run on, so that the threads of a hardware
+// test run on different cores (on a shared machine they might otherwise take turns on one).
+// Returns false if there is no such CPU.
+bool pin_to_cpu(std::thread& thread, int index) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+  for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed) || seen++ != index) continue;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return pthread_setaffinity_np(thread.native_handle(), sizeof one, &one) == 0;
+  }
+  return false;
+}
+
+// `threads` threads, each pinned to its own CPU where there are enough, run `test` for
+// `duration`. Returns the total increments per second, and the slowest thread's share of them
+// (1/threads when the line is shared fairly; near 0 when one thread keeps it).
+bool g_hw_unpinned = false;  // a hardware test thread could not have a CPU of its own
+
+struct HwResult {
+  double ops_per_second;
+  double slowest_share;
+};
+
+HwResult hw_run(HwTest test, int threads, std::chrono::milliseconds duration) {
+  PaddedCounter shared;
+  std::vector<PaddedCounter> own(static_cast<std::size_t>(threads));
+  std::vector<std::uint64_t> made(static_cast<std::size_t>(threads));  // by each thread
+  alignas(128) std::atomic<bool> stop{false};
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      std::atomic<std::uint64_t>& line =
+          test == kAddPrivate ? own[static_cast<std::size_t>(t)].value : shared.value;
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) {
+      }
+      std::uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        for (int i = 0; i < 256; ++i) {
+          if (test == kCasShared) {
+            std::uint64_t v = line.load(std::memory_order_relaxed);
+            while (!line.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel,
+                                               std::memory_order_relaxed)) {
+            }
+          } else {
+            line.fetch_add(1, std::memory_order_acq_rel);
+          }
+        }
+        n += 256;
+      }
+      made[static_cast<std::size_t>(t)] = n;
+    });
+    if (!pin_to_cpu(pool.back(), t)) g_hw_unpinned = true;
+  }
+  while (ready.load() < threads) std::this_thread::yield();
+  const auto t0 = Clock::now();
+  go.store(true, std::memory_order_release);
+  std::this_thread::sleep_for(duration);
+  stop.store(true, std::memory_order_relaxed);
+  for (auto& t : pool) t.join();
+  const double s = seconds_since(t0);
+  std::uint64_t counted = shared.value.load();
+  for (auto& c : own) counted += c.value.load();
+  const std::uint64_t total = std::accumulate(made.begin(), made.end(), std::uint64_t{0});
+  check(counted == total && total != 0, "hardware counters disagree");
+  const std::uint64_t slowest = *std::min_element(made.begin(), made.end());
+  return {static_cast<double>(counted) / s,
+          static_cast<double>(slowest) / static_cast<double>(total)};
+}
+
+// ---- the machine ----
+
+struct Machine {
+  std::string cpu = "unknown CPU";
+  int cpuinfo_processors = 0;
+  unsigned hardware_concurrency = std::thread::hardware_concurrency();
+  std::string compiler;
+  std::string date;
+};
+
+std::string trim(std::string s) {
+  const auto first = s.find_first_not_of(" \t\n");
+  const auto last = s.find_last_not_of(" \t\n");
+  return first == std::string::npos ? std::string() : s.substr(first, last - first + 1);
+}
+
+Machine this_machine() {
+  Machine m;
+  if (std::FILE* f = std::fopen("/proc/cpuinfo", "r")) {
+    char line[512];
+    bool named = false;
+    while (std::fgets(line, sizeof line, f)) {
+      const std::string l = line;
+      const auto colon = l.find(':');
+      if (colon == std::string::npos) continue;
+      const std::string key = trim(l.substr(0, colon));
+      if (key == "processor") ++m.cpuinfo_processors;
+      if (key == "model name" && !named) {
+        m.cpu = trim(l.substr(colon + 1));
+        named = true;
+      }
+    }
+    std::fclose(f);
+  }
+#if defined(__clang__)
+  m.compiler = __VERSION__;
+#elif defined(__GNUC__)
+  m.compiler = "g++ " __VERSION__;
+#else
+  m.compiler = "unknown compiler";
+#endif
+#ifndef __OPTIMIZE__
+  m.compiler += " (UNOPTIMIZED BUILD)";
+#endif
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char date[32];
+  std::strftime(date, sizeof date, "%Y-%m-%d", &utc);
+  m.date = date;
+  return m;
+}
+
+// The 1, 5 and 15 minute load averages, to tell a reader whether the machine was busy: the
+// benchmark's threads need the cores to themselves.
+std::string load_average() {
+  std::string load = "unknown";
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+    double a = 0, b = 0, c = 0;
+    if (std::fscanf(f, "%lf %lf %lf", &a, &b, &c) == 3) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.2f %.2f %.2f", a, b, c);
+      load = buf;
+    }
+    std::fclose(f);
+  }
+  return load;
+}
+
+// ---- statistics and formatting ----
+
+struct Summary {
+  double median, min, max;
+};
+
+Summary summarize(std::vector<double> v) {
+  if (v.empty() || std::isnan(v.front())) return {NAN, NAN, NAN};
   std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  return {v[v.size() / 2], v.front(), v.back()};
+}
+
+std::string fmt(const char* format, double v) {
+  if (std::isnan(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+std::string ratio(double a, double b) { return fmt("%.2fx", a / b); }
+
+// "met" / "MISSED" after a target, or nothing when a side was not measured.
+std::string verdict(double value, double bound, bool at_least) {
+  if (std::isnan(value) || std::isnan(bound)) return "";
+  return (at_least ? value >= bound : value <= bound) ? ": met" : ": MISSED";
+}
+
+bool parse_producers(const char* list, std::vector<int>& out) {
+  out.clear();
+  const char* p = list;
+  while (*p) {
+    char* end = nullptr;
+    const long n = std::strtol(p, &end, 10);
+    if (end == p || n < 1 || n > 256) return false;
+    out.push_back(static_cast<int>(n));
+    p = end;
+    if (*p == ',')
+      ++p;
+    else if (*p)
+      return false;
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return !out.empty();
+}
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: buffered_bench [--quick] [--rounds N] [--events N] [--producers 1,2,4,8] "
+               "[--csv FILE] [--hw-only]\n");
+  return 2;
 }
 
 }  // namespace
@@ -307,74 +627,219 @@ int main(int argc, char** argv) {
   int rounds = 5;
   std::uint64_t events = 10'000'000;
   auto idle = std::chrono::milliseconds(3000);
+  auto hw_time = std::chrono::milliseconds(300);
+  std::vector<int> producer_counts = {1, 2, 4, 8};
+  const char* csv_path = nullptr;
+  bool hw_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
       rounds = 1;
       events = 400'000;
       idle = 300ms;
+      hw_time = 30ms;
     } else if (arg == "--rounds" && i + 1 < argc) {
       rounds = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--events" && i + 1 < argc) {
       events = std::max<std::uint64_t>(800, std::strtoull(argv[++i], nullptr, 10) / 800 * 800);
+    } else if (arg == "--producers" && i + 1 < argc) {
+      if (!parse_producers(argv[++i], producer_counts)) return usage();
+    } else if (arg == "--csv" && i + 1 < argc) {
+      csv_path = argv[++i];
+    } else if (arg == "--hw-only") {
+      hw_only = true;
     } else {
-      std::fprintf(stderr, "usage: buffered_bench [--quick] [--rounds N] [--events N]\n");
-      return 2;
+      return usage();
     }
   }
 
-  std::vector<double> lib1, mtx1, spsc1, lib2, mtx2;
-  for (int r = 0; r < rounds; ++r) {  // interleaved: drift hits every contender alike
-    lib1.push_back(lossless_library(1, events));
-    mtx1.push_back(lossless_mutex(1, events));
-    spsc1.push_back(lossless_spsc(events));
-    lib2.push_back(lossless_library(2, events));
-    mtx2.push_back(lossless_mutex(2, events));
+  const Machine machine = this_machine();
+  const std::string load_at_start = load_average();
+  std::printf(
+      "buffered_bench on %s: %d processors in /proc/cpuinfo, hardware_concurrency %u; %s; %s; "
+      "load average %s\n",
+      machine.cpu.c_str(), machine.cpuinfo_processors, machine.hardware_concurrency,
+      machine.compiler.c_str(), machine.date.c_str(), load_at_start.c_str());
+  std::fflush(stdout);
+
+  // The hardware first, while nothing else of ours runs.
+  std::vector<double> hw[kHwTests], hw_share[kHwTests];
+  for (int r = 0; r < rounds; ++r) {
+    for (int t = 0; t < kHwTests; ++t) {
+      const HwResult result = hw_run(static_cast<HwTest>(t), 2, hw_time);
+      hw[t].push_back(result.ops_per_second);
+      hw_share[t].push_back(result.slowest_share);
+    }
   }
+  Summary hw_sum[kHwTests];
+  for (int t = 0; t < kHwTests; ++t) hw_sum[t] = summarize(hw[t]);
+  const auto print_hw_table = [&] {
+    std::printf(
+        "\n| hardware: 2 threads %s, %lld ms, median of %d | M increments/s, total | "
+        "slower thread's share |\n",
+        g_hw_unpinned ? "(NOT pinned)" : "pinned to 2 CPUs",
+        static_cast<long long>(hw_time.count()), rounds);
+    std::printf("| --- | --- | --- |\n");
+    for (int t = 0; t < kHwTests; ++t) {
+      std::printf("| %s | %.1f | %.0f%% |\n", kHwNames[t], hw_sum[t].median / 1e6,
+                  summarize(hw_share[t]).median * 100);
+    }
+  };
+
+  // Lossless throughput: every producer count and contender in each round.
+  const std::size_t counts = producer_counts.size();
+  std::vector<std::vector<double>> runs[kImpls];
+  for (auto& per_impl : runs) per_impl.resize(counts);
+  if (!hw_only) {
+    for (int r = 0; r < rounds; ++r) {  // interleaved: drift hits every contender alike
+      for (std::size_t c = 0; c < counts; ++c) {
+        for (int impl = 0; impl < kImpls; ++impl) {
+          runs[impl][c].push_back(
+              lossless_run(static_cast<Impl>(impl), producer_counts[c], events));
+        }
+      }
+    }
+  }
+  std::vector<Summary> lossless_sum[kImpls];
+  for (int impl = 0; impl < kImpls; ++impl) {
+    for (std::size_t c = 0; c < counts; ++c) lossless_sum[impl].push_back(summarize(runs[impl][c]));
+  }
+
+  if (csv_path) {
+    std::FILE* f = std::fopen(csv_path, "w");
+    check(f != nullptr, "cannot write the --csv file");
+    std::fprintf(f, "# buffered_bench: lossless delivered events/s, median/min/max over rounds\n");
+    std::fprintf(f, "# cpu=%s\n# cpuinfo_processors=%d\n# hardware_concurrency=%u\n",
+                 machine.cpu.c_str(), machine.cpuinfo_processors, machine.hardware_concurrency);
+    std::fprintf(f, "# compiler=%s\n# date=%s\n# rounds=%d\n# events=%llu\n",
+                 machine.compiler.c_str(), machine.date.c_str(), rounds,
+                 static_cast<unsigned long long>(events));
+    std::fprintf(f, "# load_average_at_start=%s\n# load_average_after_lossless=%s\n",
+                 load_at_start.c_str(), load_average().c_str());
+    for (int t = 0; t < kHwTests; ++t) {
+      std::fprintf(f, "# %s_ops_per_s=%.0f\n", kHwKeys[t], hw_sum[t].median);
+    }
+    std::fprintf(f, "producers,implementation,median,min,max\n");
+    for (std::size_t c = 0; c < counts && !hw_only; ++c) {
+      for (int impl = 0; impl < kImpls; ++impl) {
+        const Summary& s = lossless_sum[impl][c];
+        if (std::isnan(s.median)) continue;
+        std::fprintf(f, "%d,%s,%.0f,%.0f,%.0f\n", producer_counts[c], kImplNames[impl], s.median,
+                     s.min, s.max);
+      }
+    }
+    check(std::fclose(f) == 0, "cannot write the --csv file");
+  }
+
+  if (hw_only) {
+    print_hw_table();
+    return 0;
+  }
+
   std::vector<double> drop_lib, drop_mtx;
   for (int r = 0; r < rounds; ++r) {
     drop_lib.push_back(refused_share_library(events));
     drop_mtx.push_back(refused_share_mutex(events));
   }
   const std::uint64_t latency_events = std::min<std::uint64_t>(events / 2, 1'000'000);
-  const Percentiles lat_lib = latency_library(latency_events);
-  const Percentiles lat_mtx = latency_mutex(latency_events);
+  std::vector<Percentiles> lat_runs[3];  // buffered, mutex, moodycamel; interleaved
+  for (int r = 0; r < rounds; ++r) {
+    lat_runs[0].push_back(latency_library(latency_events));
+    lat_runs[1].push_back(latency_mutex(latency_events));
+    lat_runs[2].push_back(latency_moodycamel(latency_events));
+  }
+  const auto median_percentiles = [](const std::vector<Percentiles>& v) {
+    std::vector<double> p50, p99, p999;
+    for (const Percentiles& p : v) {
+      p50.push_back(p.p50);
+      p99.push_back(p.p99);
+      p999.push_back(p.p999);
+    }
+    return Percentiles{summarize(p50).median, summarize(p99).median, summarize(p999).median};
+  };
+  const Percentiles lat_lib = median_percentiles(lat_runs[0]);
+  const Percentiles lat_mtx = median_percentiles(lat_runs[1]);
+  const Percentiles lat_mc = median_percentiles(lat_runs[2]);
   const double idle_ms = idle_cpu_ms(idle);
   const SteadyState sync_state = steady_state(false, events / 10);
   const SteadyState async_state = steady_state(true, events / 10);
 
-  const double m_lib1 = median(lib1), m_mtx1 = median(mtx1), m_spsc1 = median(spsc1);
-  const double m_lib2 = median(lib2), m_mtx2 = median(mtx2);
   std::printf(
-      "buffered_bench: %d round(s), %llu events of 64 bytes, buffer 10000, batch 400, wait 30 s; "
-      "medians\n\n",
-      rounds, static_cast<unsigned long long>(events));
-  std::printf("| workload | buffered | mutex+deque | SPSC ring | vs mutex | vs SPSC | target |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+      "%d round(s) interleaved; %llu events of 64 bytes per run; buffer %zu, batch %zu, "
+      "wait %lld s; medians\n\n",
+      rounds, static_cast<unsigned long long>(events), kBufferSize, kMaxBatch,
+      static_cast<long long>(kMaxWait.count()));
   std::printf(
-      "| lossless, 1 producer (M events/s) | %.1f | %.1f | %.1f | %.2fx | %.2fx | >= 3x mutex, >= "
-      "0.6x SPSC |\n",
-      m_lib1 / 1e6, m_mtx1 / 1e6, m_spsc1 / 1e6, m_lib1 / m_mtx1, m_lib1 / m_spsc1);
+      "| workload | buffered | mutex+deque | moodycamel | SPSC ring | vs mutex | vs moodycamel | "
+      "vs best batcher | vs SPSC | target |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (std::size_t c = 0; c < counts; ++c) {
+    const int p = producer_counts[c];
+    const double lib = lossless_sum[kBuffered][c].median;
+    const double mtx = lossless_sum[kMutex][c].median;
+    const double mc = lossless_sum[kMoodycamel][c].median;
+    const double spsc = lossless_sum[kSpsc][c].median;
+    const double best = std::isnan(mc) ? mtx : std::max(mtx, mc);
+    std::string target = "-";
+    if (p == 1) {
+      target = ">= 0.6x SPSC" + verdict(lib / spsc, 0.6, true);
+    } else if (p == 2 || p == 4) {
+      target = ">= 1.5x best batcher" + verdict(lib / best, 1.5, true);
+    } else if (p == 8) {
+      target = ">= 1.0x best batcher" + verdict(lib / best, 1.0, true);
+    }
+    std::printf(
+        "| lossless, %d producer%s (M events/s) | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+        p, p == 1 ? "" : "s", fmt("%.1f", lib / 1e6).c_str(), fmt("%.1f", mtx / 1e6).c_str(),
+        fmt("%.1f", mc / 1e6).c_str(), fmt("%.1f", spsc / 1e6).c_str(), ratio(lib, mtx).c_str(),
+        ratio(lib, mc).c_str(), ratio(lib, best).c_str(), ratio(lib, spsc).c_str(), target.c_str());
+  }
+  const Summary drop_l = summarize(drop_lib), drop_m = summarize(drop_mtx);
   std::printf(
-      "| lossless, 2 producers (M events/s) | %.1f | %.1f | - | %.2fx | - | >= 1.5x mutex |\n",
-      m_lib2 / 1e6, m_mtx2 / 1e6, m_lib2 / m_mtx2);
-  std::printf("| drop-when-full, 1 producer (refused) | %.3f%% | %.3f%% | - | - | - | <= 1%% |\n",
-              median(drop_lib) * 100, median(drop_mtx) * 100);
+      "| drop-when-full, 1 producer: refused, median / max of %d | %.3f%% / %.3f%% | %.3f%% / "
+      "%.3f%% | - | - | - | - | - | - | <= 1%% median%s, no run > 3%%%s |\n",
+      rounds, drop_l.median * 100, drop_l.max * 100, drop_m.median * 100, drop_m.max * 100,
+      verdict(drop_l.median, 0.01, false).c_str(), verdict(drop_l.max, 0.03, false).c_str());
   std::printf(
-      "| process_event p50 / p99 / p99.9, 2 producers (ns) | %.0f / %.0f / %.0f | %.0f / %.0f / "
-      "%.0f | - | - | - | reported |\n",
-      lat_lib.p50, lat_lib.p99, lat_lib.p999, lat_mtx.p50, lat_mtx.p99, lat_mtx.p999);
+      "| process_event p50 / p99 / p99.9, 2 producers, medians (ns) | %s / %s / %s | %s / %s / %s "
+      "| %s / %s "
+      "/ %s | - | p99.9 %s | p99.9 %s | - | - | p99.9 <= 0.2x mutex%s |\n",
+      fmt("%.0f", lat_lib.p50).c_str(), fmt("%.0f", lat_lib.p99).c_str(),
+      fmt("%.0f", lat_lib.p999).c_str(), fmt("%.0f", lat_mtx.p50).c_str(),
+      fmt("%.0f", lat_mtx.p99).c_str(), fmt("%.0f", lat_mtx.p999).c_str(),
+      fmt("%.0f", lat_mc.p50).c_str(), fmt("%.0f", lat_mc.p99).c_str(),
+      fmt("%.0f", lat_mc.p999).c_str(), ratio(lat_lib.p999, lat_mtx.p999).c_str(),
+      ratio(lat_lib.p999, lat_mc.p999).c_str(),
+      verdict(lat_lib.p999 / lat_mtx.p999, 0.2, false).c_str());
   std::printf(
-      "| idle CPU over %.1f s, max wait 5 ms (ms) | %.2f | - | - | - | - | <= 10 ms over 3 s |\n",
+      "| idle CPU over %.1f s, max wait 5 ms (ms) | %.2f | - | - | - | - | - | - | - | <= 10 ms "
+      "over 3 s |\n",
       static_cast<double>(idle.count()) / 1000.0, idle_ms);
-  std::printf("| allocations per event / per batch, sync | %.4f / %.3f | - | - | - | - | 0 / 0 |\n",
-              sync_state.allocations_per_event, sync_state.allocations_per_batch);
   std::printf(
-      "| allocations per event / per batch, async | %.4f / %.3f | - | - | - | - | 0 / 0 |\n",
+      "| allocations per event / per batch, sync | %.4f / %.3f | - | - | - | - | - | - | - | 0 / 0 "
+      "|\n",
+      sync_state.allocations_per_event, sync_state.allocations_per_batch);
+  std::printf(
+      "| allocations per event / per batch, async | %.4f / %.3f | - | - | - | - | - | - | - | 0 / "
+      "0 |\n",
       async_state.allocations_per_event, async_state.allocations_per_batch);
   std::printf(
-      "| voluntary context switches per batch, sync / async | %.2f / %.2f | - | - | - | - | "
-      "reported |\n",
+      "| voluntary context switches per batch, sync / async | %.2f / %.2f | - | - | - | - | - | - "
+      "| - | reported |\n",
       sync_state.voluntary_switches_per_batch, async_state.voluntary_switches_per_batch);
+
+  print_hw_table();
+
+  std::printf(
+      "\nmoodycamel: %s. SPSC ring: one bare ring per producer (%s), the consumer sweeps them "
+      "round robin; the ideal sharded handoff, no batching policy, no wake-ups. Best batcher: the "
+      "faster of mutex+deque and moodycamel.\n",
+      kHaveMoodycamel ? "BlockingConcurrentQueue, a ProducerToken per producer, enqueue with at "
+                        "most 10000 queued (slots reserved 32 at a time; blocks pre-allocated), "
+                        "wait_dequeue_bulk_timed into batches of up to 400"
+                      : "not built (blockingconcurrentqueue.h not found)",
+      "about 10000 slots in all");
+  std::printf("load average at the end: %s (a busy machine makes every figure above noisy)\n",
+              load_average().c_str());
   return 0;
 }
