@@ -426,16 +426,21 @@ class BufferedBackend {
   // ---- producer side ----
 
   template <class... Args>
-  detail::PushResult offer(Args&&... args) {
+  [[gnu::always_inline]] detail::PushResult offer(Args&&... args) {
     typename detail::ShardedQueue<Event>::LaneHandle lane = nullptr;
-    detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
+    const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
     if (result == detail::PushResult::ok) [[likely]] {
       parker_.notify_published([&] { return queue_.queued(lane); });
       return result;
     }
-    if (result == detail::PushResult::full) parker_.notify_full();
-    if (result == detail::PushResult::full && config_.overflow == OverflowPolicy::block &&
-        !on_own_thread()) {
+    return offer_refused(result, std::forward<Args>(args)...);  // nothing was moved from args
+  }
+
+  template <class... Args>
+  [[gnu::noinline]] detail::PushResult offer_refused(detail::PushResult result, Args&&... args) {
+    if (result != detail::PushResult::full) return result;
+    parker_.notify_full();
+    if (config_.overflow == OverflowPolicy::block && !on_own_thread()) {
       return offer_blocking(std::forward<Args>(args)...);
     }
     return result;
@@ -460,7 +465,7 @@ class BufferedBackend {
     }
   }
 
-  detail::PushResult offer_copy(const Event& event) {
+  [[gnu::always_inline]] detail::PushResult offer_copy(const Event& event) {
     if constexpr (std::is_nothrow_copy_constructible_v<Event>) {
       return offer(event);  // constructed in its slot: nothing can throw after the claim
     } else {

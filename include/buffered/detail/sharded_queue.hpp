@@ -110,12 +110,13 @@ class ShardedQueue {
     if (capacity == 0 || capacity > (std::size_t{1} << 40)) {
       throw std::invalid_argument("ShardedQueue: capacity must be in [1, 2^40]");
     }
-    slots_ = std::make_unique<Slot[]>(blocks_ * block_);
+    slots_.reset(new Slot[blocks_ * block_]);  // not zeroed: pages are touched as lanes fill
     next_ = std::make_unique<std::atomic<std::size_t>[]>(blocks_);
     free_.reserve(blocks_);
     for (std::size_t b = blocks_; b-- > kLanes;) free_.push_back(b);
     for (unsigned i = 0; i < kLanes; ++i) {
       lanes_[i].tail_block = lanes_[i].head_block = i;
+      lanes_[i].tail = slot(i, 0);
     }
     credits_.store(static_cast<std::int64_t>(capacity), std::memory_order_relaxed);
     anchor_ = new LaneAnchor(this, &ShardedQueue::release_lane);
@@ -148,20 +149,17 @@ class ShardedQueue {
   // not throw: copy before calling when a copy can throw. The first push of a thread registers
   // it (no allocation: see ThreadLanes).
   template <class... Args>
-  PushResult try_emplace(LaneHandle& lane_out, Args&&... args) noexcept {
+  [[gnu::always_inline]] PushResult try_emplace(LaneHandle& lane_out, Args&&... args) noexcept {
     static_assert(std::is_nothrow_constructible_v<T, Args&&...>,
                   "ShardedQueue::try_emplace: construct the element before pushing it when its "
                   "constructor can throw");
     const LaneCache& cache = lane_cache;
-    Lane* lane = cache.id == anchor_id_ ? static_cast<Lane*>(cache.lane) : register_thread();
-    lane_out = lane;
-    if (lane != &lanes_[kSharedLane]) [[likely]] {
+    if (cache.id == anchor_id_) [[likely]] {  // only exclusive lanes are cached
+      Lane* lane = static_cast<Lane*>(cache.lane);
+      lane_out = lane;
       return push(*lane, std::forward<Args>(args)...);
     }
-    shared_.lock();
-    const PushResult result = push(*lane, std::forward<Args>(args)...);
-    shared_.unlock();
-    return result;
+    return try_emplace_slow(lane_out, std::forward<Args>(args)...);
   }
 
   // Any thread: events in `lane` not yet taken by the consumer.
@@ -302,9 +300,10 @@ class ShardedQueue {
   struct Lane {
     // The producer's line: written by the lane's owner (or under shared_ for the shared lane).
     alignas(kCacheLine) std::atomic<std::uint64_t> published{0};  // 2 x events, +1 while busy
+    T* tail = nullptr;     // where the next element goes (in tail_block)
+    std::size_t room = 0;  // pushes before the next refill(): credits that fit the block
     std::size_t tail_block = 0;
-    std::size_t tail_index = 0;
-    std::uint64_t credits = 0;  // reserved from the pool, not yet used
+    std::uint64_t credits = 0;  // reserved from the pool, beyond `room`
     // The consumer's line.
     alignas(kCacheLine) std::atomic<std::uint64_t> consumed{0};
     std::size_t head_block = 0;
@@ -318,7 +317,7 @@ class ShardedQueue {
   }
 
   template <class... Args>
-  PushResult push(Lane& lane, Args&&... args) noexcept {
+  [[gnu::always_inline]] PushResult push(Lane& lane, Args&&... args) noexcept {
     const std::uint64_t p = lane.published.load(std::memory_order_relaxed);
     lane.published.store(p + 1, std::memory_order_relaxed);  // busy: see "Memory ordering"
     std::atomic_signal_fence(std::memory_order_seq_cst);
@@ -326,21 +325,33 @@ class ShardedQueue {
       lane.published.store(p, std::memory_order_relaxed);
       return PushResult::closed;
     }
-    if ((lane.credits == 0 || lane.tail_index == block_) && !refill(lane)) [[unlikely]] {
+    if (lane.room == 0 && !refill(lane)) [[unlikely]] {
       lane.published.store(p, std::memory_order_relaxed);
       return PushResult::full;
     }
     test_hooks::on_claimed(p / 2);
-    ::new (static_cast<void*>(slot(lane.tail_block, lane.tail_index)))
-        T(std::forward<Args>(args)...);
-    ++lane.tail_index;
-    --lane.credits;
+    ::new (static_cast<void*>(lane.tail)) T(std::forward<Args>(args)...);
+    ++lane.tail;
+    --lane.room;
     lane.published.store(p + 2, std::memory_order_release);
     return PushResult::ok;
   }
 
-  // Takes credits (a chunk, or what is left) and a new block, whichever the lane lacks.
-  bool refill(Lane& lane) noexcept {
+  // The first push of a thread, and every push to the shared lane.
+  template <class... Args>
+  [[gnu::noinline]] PushResult try_emplace_slow(LaneHandle& lane_out, Args&&... args) noexcept {
+    Lane* lane = register_thread();
+    lane_out = lane;
+    if (lane != &lanes_[kSharedLane]) return push(*lane, std::forward<Args>(args)...);
+    shared_.lock();
+    const PushResult result = push(*lane, std::forward<Args>(args)...);
+    shared_.unlock();
+    return result;
+  }
+
+  // Takes credits (a chunk, or what is left) and a new block, whichever the lane lacks, and
+  // sets `room` to the pushes both allow.
+  [[gnu::noinline]] bool refill(Lane& lane) noexcept {
     if (lane.credits == 0) {
       std::int64_t available = credits_.load(std::memory_order_relaxed);
       std::int64_t take = 0;
@@ -351,7 +362,7 @@ class ShardedQueue {
           available, available - take, std::memory_order_seq_cst, std::memory_order_relaxed));
       lane.credits = static_cast<std::uint64_t>(take);
     }
-    if (lane.tail_index == block_) {
+    if (lane.tail == slot(lane.tail_block, 0) + block_) {
       std::size_t b = 0;
       free_lock_.lock();
       const bool got = !free_.empty();
@@ -363,8 +374,11 @@ class ShardedQueue {
       if (!got) return false;  // not reached: blocks_ covers every lane's worst case
       next_[lane.tail_block].store(b, std::memory_order_relaxed);  // published with `published`
       lane.tail_block = b;
-      lane.tail_index = 0;
+      lane.tail = slot(b, 0);
     }
+    const auto space = static_cast<std::uint64_t>(slot(lane.tail_block, 0) + block_ - lane.tail);
+    lane.room = static_cast<std::size_t>(std::min(lane.credits, space));
+    lane.credits -= lane.room;
     return true;
   }
 
@@ -415,7 +429,7 @@ class ShardedQueue {
       }
     }
     Lane* lane = &lanes_[index];
-    lane_cache = LaneCache{anchor_id_, lane};
+    if (index != kSharedLane) lane_cache = LaneCache{anchor_id_, lane};
     return lane;
   }
 
@@ -424,9 +438,10 @@ class ShardedQueue {
     auto* self = static_cast<ShardedQueue*>(queue);
     if (index == kSharedLane) return;
     Lane& lane = self->lanes_[index];
-    if (lane.credits != 0) {
-      self->credits_.fetch_add(static_cast<std::int64_t>(lane.credits), std::memory_order_seq_cst);
+    if (const std::uint64_t unused = lane.credits + lane.room; unused != 0) {
+      self->credits_.fetch_add(static_cast<std::int64_t>(unused), std::memory_order_seq_cst);
       lane.credits = 0;
+      lane.room = 0;
     }
     self->active_.fetch_sub(1, std::memory_order_relaxed);
     lane.owned.store(false, std::memory_order_release);
