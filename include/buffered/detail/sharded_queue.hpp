@@ -71,11 +71,11 @@ class SpinLock {
 //   an element happens-before the construction of the next one in its slot.
 // - Closing and parking need the other side's store to be seen without a locked instruction on
 //   the producer's path (a full fence per event costs more than the rest of the push). A push
-//   marks its lane busy (the low bit of `published`) before it checks `closed_`, and clears it
-//   when done; close() stores `closed_` and drained() reads the busy bits only once
-//   kStoreVisibility has passed since then. A push whose busy mark the reader misses was made
-//   later than its store of `closed_` became visible, so that push sees `closed_` and refuses.
-//   The reasoning needs only that a store becomes visible to other threads within
+//   marks its lane `busy` before it checks `closed_`, and clears it when done (`busy` has a
+//   line of its own, which only drained() reads); close() stores `closed_` and drained() reads the
+//   busy bits only once kStoreVisibility has passed since then. A push whose busy mark the reader
+//   misses was made later than its store of `closed_` became visible, so that push sees `closed_`
+//   and refuses. The reasoning needs only that a store becomes visible to other threads within
 //   kStoreVisibility (1 ms): the C++ memory model asks this of implementations
 //   ([atomics.order] "within a reasonable amount of time"); hardware does it in nanoseconds,
 //   and a pre-empted thread's stores are flushed when it is switched out. Parker relies on the
@@ -132,7 +132,7 @@ class ShardedQueue {
     anchor_->kill();
     anchor_->unref();
     for (Lane& lane : lanes_) {
-      const std::uint64_t end = lane.published.load(std::memory_order_acquire) / 2;
+      const std::uint64_t end = lane.published.load(std::memory_order_acquire);
       for (std::uint64_t c = lane.consumed.load(std::memory_order_relaxed); c != end; ++c) {
         if (lane.head_index == block_) {
           lane.head_block = next_[lane.head_block].load(std::memory_order_relaxed);
@@ -164,7 +164,7 @@ class ShardedQueue {
 
   // Any thread: events in `lane` not yet taken by the consumer.
   std::uint64_t queued(LaneHandle lane) const noexcept {
-    return lane->published.load(std::memory_order_relaxed) / 2 -
+    return lane->published.load(std::memory_order_relaxed) -
            lane->consumed.load(std::memory_order_relaxed);
   }
 
@@ -228,7 +228,7 @@ class ShardedQueue {
   // Consumer: some lane holds at least `n` events (n >= 1).
   bool any_reached(std::uint64_t n) const noexcept {
     for (const Lane& lane : lanes_) {
-      if (lane.published.load(std::memory_order_acquire) / 2 -
+      if (lane.published.load(std::memory_order_acquire) -
               lane.consumed.load(std::memory_order_relaxed) >=
           n) {
         return true;
@@ -245,7 +245,7 @@ class ShardedQueue {
   // Any thread: what each lane has published, and whether the consumer has taken all that.
   void snapshot(Snapshot& s) const noexcept {
     for (unsigned i = 0; i < kLanes; ++i) {
-      s[i] = lanes_[i].published.load(std::memory_order_acquire) / 2;
+      s[i] = lanes_[i].published.load(std::memory_order_acquire);
     }
   }
   bool passed(const Snapshot& s) const noexcept {
@@ -266,8 +266,9 @@ class ShardedQueue {
       return false;
     }
     for (const Lane& lane : lanes_) {
+      if (lane.busy.load(std::memory_order_acquire)) return false;
       const std::uint64_t p = lane.published.load(std::memory_order_acquire);
-      if ((p & 1) != 0 || p / 2 != lane.consumed.load(std::memory_order_acquire)) return false;
+      if (p != lane.consumed.load(std::memory_order_acquire)) return false;
     }
     return true;
   }
@@ -275,13 +276,13 @@ class ShardedQueue {
   // Any thread: events pushed so far (the `accepted` count), and events not yet taken.
   std::uint64_t pushed() const noexcept {
     std::uint64_t n = 0;
-    for (const Lane& lane : lanes_) n += lane.published.load(std::memory_order_acquire) / 2;
+    for (const Lane& lane : lanes_) n += lane.published.load(std::memory_order_acquire);
     return n;
   }
   std::size_t size() const noexcept {
     std::uint64_t n = 0;
     for (const Lane& lane : lanes_) {
-      const std::uint64_t p = lane.published.load(std::memory_order_acquire) / 2;
+      const std::uint64_t p = lane.published.load(std::memory_order_acquire);
       const std::uint64_t c = lane.consumed.load(std::memory_order_acquire);
       if (p - c <= capacity_) n += p - c;  // c read later may be past p: then nothing is queued
     }
@@ -298,8 +299,12 @@ class ShardedQueue {
   };
 
   struct Lane {
-    // The producer's line: written by the lane's owner (or under shared_ for the shared lane).
-    alignas(kCacheLine) std::atomic<std::uint64_t> published{0};  // 2 x events, +1 while busy
+    // The line the consumer polls; the producer only stores to it.
+    alignas(kCacheLine) std::atomic<std::uint64_t> published{0};  // events pushed
+    // The producer's own line (the owner's, or guarded by shared_ for the shared lane); only
+    // drained() looks at `busy` from elsewhere.
+    alignas(kCacheLine) std::atomic<bool> busy{false};  // a push is under way
+    std::uint64_t pushed = 0;                           // what `published` says
     T* tail = nullptr;     // where the next element goes (in tail_block)
     std::size_t room = 0;  // pushes before the next refill(): credits that fit the block
     std::size_t tail_block = 0;
@@ -308,7 +313,7 @@ class ShardedQueue {
     alignas(kCacheLine) std::atomic<std::uint64_t> consumed{0};
     std::size_t head_block = 0;
     std::size_t head_index = 0;
-    // Who holds it (exclusive lanes).
+    // Who holds the lane (exclusive lanes).
     alignas(kCacheLine) std::atomic<bool> owned{false};
   };
 
@@ -318,22 +323,23 @@ class ShardedQueue {
 
   template <class... Args>
   [[gnu::always_inline]] PushResult push(Lane& lane, Args&&... args) noexcept {
-    const std::uint64_t p = lane.published.load(std::memory_order_relaxed);
-    lane.published.store(p + 1, std::memory_order_relaxed);  // busy: see "Memory ordering"
+    lane.busy.store(true, std::memory_order_relaxed);  // see "Memory ordering"
     std::atomic_signal_fence(std::memory_order_seq_cst);
     if (closed_.load(std::memory_order_acquire)) [[unlikely]] {
-      lane.published.store(p, std::memory_order_relaxed);
+      lane.busy.store(false, std::memory_order_relaxed);
       return PushResult::closed;
     }
     if (lane.room == 0 && !refill(lane)) [[unlikely]] {
-      lane.published.store(p, std::memory_order_relaxed);
+      lane.busy.store(false, std::memory_order_relaxed);
       return PushResult::full;
     }
-    test_hooks::on_claimed(p / 2);
-    ::new (static_cast<void*>(lane.tail)) T(std::forward<Args>(args)...);
-    ++lane.tail;
+    test_hooks::on_claimed(lane.pushed);
+    T* const at = lane.tail;
+    ::new (static_cast<void*>(at)) T(std::forward<Args>(args)...);
+    lane.tail = at + 1;
     --lane.room;
-    lane.published.store(p + 2, std::memory_order_release);
+    lane.published.store(++lane.pushed, std::memory_order_release);
+    lane.busy.store(false, std::memory_order_release);
     return PushResult::ok;
   }
 
@@ -384,7 +390,7 @@ class ShardedQueue {
 
   template <class Take>
   std::size_t pop_lane(Lane& lane, std::size_t max, Take& take) noexcept {
-    const std::uint64_t end = lane.published.load(std::memory_order_acquire) / 2;
+    const std::uint64_t end = lane.published.load(std::memory_order_acquire);
     const std::uint64_t c = lane.consumed.load(std::memory_order_relaxed);
     const std::uint64_t n = std::min<std::uint64_t>(end - c, max);
     for (std::uint64_t done = 0; done < n;) {

@@ -256,11 +256,12 @@ class Worker {
     const auto until = Clock::now() + kSpin;
     for (int i = 1;; ++i) {
       if (p_.queue.any_reached(threshold)) return true;
-      if ((i & 63) == 0 && (Clock::now() >= until || p_.stop.stopping() ||
+      if ((i & 15) == 0 && (Clock::now() >= until || p_.stop.stopping() ||
                             flush_requested_.load(std::memory_order_relaxed) != served)) {
         return false;
       }
-      cpu_relax();
+      // Look at the lanes only now and then: each look takes the producer's line away from it.
+      for (int k = 0; k < kSpinPauses; ++k) cpu_relax();
     }
   }
 
@@ -314,6 +315,7 @@ class Worker {
   }
 
   static constexpr std::chrono::microseconds kSpin{50};
+  static constexpr int kSpinPauses = 8;
 
   Parts p_;
   const std::size_t max_batch_;
