@@ -182,16 +182,19 @@ class PostgresSink {
     for (;;) {
       const int flushed = PQflush(conn_);  // 0: all sent, 1: more to send, -1: failed
       if (flushed < 0) break;
-      if (flushed == 0 && !PQisBusy(conn_)) {
-        while (PGresult* r = PQgetResult(conn_)) {
-          if (result) {
-            PQclear(r);
-          } else {
-            result = r;
-          }
+      // PQgetResult blocks unless PQisBusy says the next result is all here: ask each time.
+      while (flushed == 0 && !PQisBusy(conn_)) {
+        PGresult* r = PQgetResult(conn_);
+        if (!r) {  // the query is done
+          if (result) return true;
+          error = "no result: " + first_line(PQerrorMessage(conn_));
+          return false;
         }
-        if (result) return true;
-        break;
+        if (result) {
+          PQclear(r);
+        } else {
+          result = r;
+        }
       }
       const short events = static_cast<short>(POLLIN | (flushed == 1 ? POLLOUT : 0));
       if (!wait_ready(PQsocket(conn_), events, end, context)) {
