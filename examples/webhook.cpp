@@ -1,16 +1,20 @@
-// An HTTP webhook as the sink: each batch is POSTed as one JSON array over a plain POSIX
-// socket, with the Kubernetes audit webhook's defaults (async, batches of 400, 10 batches/s with
-// a burst of 15, and its retry: 10 s backoff, x1.5, jitter 0.2, 5 attempts). The delegate tells
-// the backend how each attempt went, as an Outcome:
+// An HTTP webhook as the sink: each batch is POSTed as one JSON array with libcurl, with the
+// Kubernetes audit webhook's defaults (async, batches of 400, 10 batches/s with a burst of 15,
+// and its retry: 10 s backoff, x1.5, jitter 0.2, 5 attempts). The delegate tells the backend how
+// each attempt went, as an Outcome, mapping HTTP the way the OpenTelemetry Collector's exporters
+// do:
 //   2xx                                              delivered
-//   429, 502, 503, 504, no connection, no reply      retry (after Retry-After seconds if given)
-//   anything else (400, 404, 500, ...)               permanent failure, never retried
-// (the status codes the OpenTelemetry exporters retry). It takes the BatchContext too, and cuts
-// its connect/send/receive waits at the context's deadline, so a call ends by the deadline of a
-// shutdown(timeout) instead of outliving it. Each JSON event carries an id that every attempt
-// repeats, so a receiver can drop duplicates: under retry, delivery to the sink is at least
-// once (an attempt whose reply was lost is sent again). Events reported lost (failed or
-// abandoned) have their seq numbers written to a file, for the test.
+//   429, 502, 503, 504                               retry (after Retry-After if the reply has it)
+//   no connection, no reply, timed out               retry
+//   any other status (400, 404, 500, ...), a bad URL or TLS setup   permanent failure
+// It takes the BatchContext too: curl's connect and total timeouts come from the earlier of the
+// call's own limit and the context's deadline, and since that deadline is live (a
+// shutdown(timeout) called meanwhile moves it nearer) the transfer runs on a curl multi handle
+// that checks it again every 10 ms, so a call ends by the deadline of a shutdown(timeout)
+// instead of outliving it. Each JSON event carries an id that every attempt repeats, so a
+// receiver can drop duplicates: under retry, delivery to the sink is at least once (an attempt
+// whose reply was lost is sent again). Events reported lost (failed or abandoned) have their seq
+// numbers written to a file, for the test.
 //
 //   buffered_webhook <port> <events> <events-per-second> <lost-ids-file> [--fast-retry]
 //
@@ -18,26 +22,17 @@
 // attempts (waits of at least 2.2 s in all, enough to outlast a server that is down a while).
 #include <buffered/buffered_backend.hpp>
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <curl/curl.h>
 
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <thread>
 
 #include "json_lines_file.hpp"
@@ -74,131 +69,117 @@ buffered::Retry fast_retry() {
 // attempt (to be retried) instead of stalling the batch.
 constexpr auto kCallTimeout = std::chrono::seconds(2);
 
-class Socket {
- public:
-  Socket() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) {}
-  ~Socket() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Socket(const Socket&) = delete;
-  Socket& operator=(const Socket&) = delete;
-  int fd() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-// How one POST went: a transport error (`error` set), or the reply's status and Retry-After.
+// How one POST went: a transport error (`error` set, `retryable` or not), or the reply's status
+// and Retry-After.
 struct Reply {
   std::string error;
-  int status = 0;
+  bool retryable = true;
+  long status = 0;
   std::chrono::seconds retry_after{0};
 };
 
-// Waits until `fd` is ready for `events`, but never past the attempt's own end nor the
-// context's deadline. The deadline is live (a shutdown(timeout) called while we wait moves it
-// nearer), so it is read again every 10 ms rather than once. False when time ran out.
-bool wait_ready(int fd, short events, Clock::time_point call_end,
-                const buffered::BatchContext& context) {
-  for (;;) {
-    const Clock::time_point end = std::min(call_end, context.deadline());
-    const Clock::time_point now = Clock::now();
-    if (now >= end) return false;
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(end - now).count();
-    pollfd p{fd, events, 0};
-    const int n = ::poll(&p, 1, static_cast<int>(std::min<decltype(left)>(left, 10)));
-    if (n > 0) return true;  // ready, or an error that the next call on the socket reports
-    if (n < 0 && errno != EINTR) return false;
+// curl errors that no retry can fix: the request or the client is set up wrongly. Every other
+// error (no connection, connection reset, no reply, timed out) is a transport failure worth
+// another attempt.
+bool permanent_curl_error(CURLcode code) {
+  switch (code) {
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+    case CURLE_NOT_BUILT_IN:
+    case CURLE_BAD_FUNCTION_ARGUMENT:
+    case CURLE_OUT_OF_MEMORY:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_TOO_MANY_REDIRECTS:
+      return true;
+    default:
+      return false;
   }
 }
 
-std::string errno_text(const char* what, int err) {
-  return std::string(what) + ": " + std::strerror(err);
+struct EasyDeleter {
+  void operator()(CURL* h) const { curl_easy_cleanup(h); }
+};
+struct MultiDeleter {
+  void operator()(CURLM* h) const { curl_multi_cleanup(h); }
+};
+struct SlistDeleter {
+  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
+};
+
+std::size_t discard_body(char*, std::size_t size, std::size_t count, void*) { return size * count; }
+
+long millis_until(Clock::time_point end) {
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(end - Clock::now()).count();
+  return static_cast<long>(std::max<decltype(left)>(left, 1));
 }
 
-// The value of the Retry-After header in seconds (0 if absent, or an HTTP date: then the
-// backoff applies). `head` is the reply's status line and headers.
-std::chrono::seconds retry_after(std::string_view head) {
-  std::string lower(head);
-  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  const std::size_t at = lower.find("\r\nretry-after:");
-  if (at == std::string::npos) return std::chrono::seconds(0);
-  std::size_t i = at + std::strlen("\r\nretry-after:");
-  while (i < lower.size() && (lower[i] == ' ' || lower[i] == '\t')) ++i;
-  long long seconds = 0;
-  const auto [end, ec] = std::from_chars(lower.data() + i, lower.data() + lower.size(), seconds);
-  if (ec != std::errc() || seconds < 0) return std::chrono::seconds(0);
+// POSTs `body` to `url`, and reads the reply's status and Retry-After header.
+Reply post(const std::string& url, const std::string& body, const buffered::BatchContext& context) {
+  const Clock::time_point end = std::min(Clock::now() + kCallTimeout, context.deadline());
+  const std::unique_ptr<CURL, EasyDeleter> easy(curl_easy_init());
+  const std::unique_ptr<CURLM, MultiDeleter> multi(curl_multi_init());
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
+  const std::unique_ptr<curl_slist, SlistDeleter> header_list(headers);
+  if (!easy || !multi || !headers) return {"curl: out of memory", true};
+  CURL* h = easy.get();
+  curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
+  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_body);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);  // several threads: no SIGALRM for timeouts
+  // The deadline as it is now; the loop below follows it if it moves nearer.
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, millis_until(end));
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, millis_until(end));
+  curl_multi_add_handle(multi.get(), h);
+  int running = 1;
+  CURLcode code = CURLE_OK;
+  bool timed_out = false;
+  while (running > 0) {
+    if (curl_multi_perform(multi.get(), &running) != CURLM_OK) break;
+    if (running == 0) break;
+    if (Clock::now() >= std::min(end, context.deadline())) {
+      timed_out = true;
+      break;
+    }
+    curl_multi_poll(multi.get(), nullptr, 0, 10, nullptr);
+  }
+  int queued = 0;
+  while (CURLMsg* m = curl_multi_info_read(multi.get(), &queued)) {
+    if (m->msg == CURLMSG_DONE) code = m->data.result;
+  }
+  curl_multi_remove_handle(multi.get(), h);
+  if (timed_out) return {"timed out (the call's limit or the shutdown deadline)", true};
+  if (code != CURLE_OK) return {curl_easy_strerror(code), !permanent_curl_error(code)};
+  Reply reply;
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &reply.status);
+  curl_off_t retry_after = 0;  // seconds: curl reads both forms, seconds and an HTTP date
+  curl_easy_getinfo(h, CURLINFO_RETRY_AFTER, &retry_after);
   // A shutdown deadline cuts any wait short; the cap only keeps the arithmetic sane.
-  return std::chrono::seconds(std::min(seconds, 3600LL));
-}
-
-// POSTs `request` to 127.0.0.1:port and reads the reply's status line and headers.
-Reply post(std::uint16_t port, const std::string& request, const buffered::BatchContext& context) {
-  const Clock::time_point call_end = Clock::now() + kCallTimeout;
-  Socket s;
-  if (s.fd() < 0) return {errno_text("socket", errno)};
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(s.fd(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    if (errno != EINPROGRESS) return {errno_text("connect", errno)};
-    if (!wait_ready(s.fd(), POLLOUT, call_end, context)) return {"connect: timed out"};
-    int err = 0;
-    socklen_t len = sizeof err;
-    ::getsockopt(s.fd(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0) return {errno_text("connect", err)};
-  }
-  for (std::size_t sent = 0; sent < request.size();) {
-    const ssize_t n = ::send(s.fd(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    if (n >= 0) {
-      sent += static_cast<std::size_t>(n);
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!wait_ready(s.fd(), POLLOUT, call_end, context)) return {"send: timed out"};
-    } else if (errno != EINTR) {
-      return {errno_text("send", errno)};
-    }
-  }
-  std::string head;  // the status line and headers; the body (if any) is not needed
-  char chunk[1024];
-  while (head.find("\r\n\r\n") == std::string::npos && head.size() < 16384) {
-    const ssize_t n = ::recv(s.fd(), chunk, sizeof chunk, 0);
-    if (n > 0) {
-      head.append(chunk, static_cast<std::size_t>(n));
-    } else if (n == 0) {
-      break;  // the server closed: a complete head is still a reply
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!wait_ready(s.fd(), POLLIN, call_end, context)) return {"no reply: timed out"};
-    } else if (errno != EINTR) {
-      return {errno_text("recv", errno)};
-    }
-  }
-  // "HTTP/1.1 200 OK\r\n..."
-  int status = 0;
-  if (head.size() < 12 || head.compare(0, 5, "HTTP/") != 0 ||
-      std::from_chars(head.data() + 9, head.data() + 12, status).ec != std::errc()) {
-    return {head.empty() ? "no reply: connection closed" : "malformed reply"};
-  }
-  const std::size_t end = head.find("\r\n\r\n");
-  return {"", status, retry_after(std::string_view(head).substr(0, end))};
+  reply.retry_after = std::chrono::seconds(std::clamp<curl_off_t>(retry_after, 0, 3600));
+  return reply;
 }
 
 // POSTs each batch to http://127.0.0.1:<port>/audit. Called by up to max_in_flight threads at
 // once: it keeps no per-call state.
 class Webhook {
  public:
-  Webhook(std::uint16_t port, std::string run_id) : port_(port), run_id_(std::move(run_id)) {}
+  Webhook(std::uint16_t port, std::string run_id)
+      : url_("http://127.0.0.1:" + std::to_string(port) + "/audit"), run_id_(std::move(run_id)) {}
 
   buffered::Outcome process_events(std::span<examples::AuditEvent> batch,
                                    const buffered::BatchContext& context) {
     if (Clock::now() >= context.deadline()) return buffered::Outcome::retry();  // too late
-    const std::string request = make_request(batch);
-    const Reply reply = post(port_, request, context);
+    const Reply reply = post(url_, make_body(batch), context);
     if (reply.error.empty() && reply.status >= 200 && reply.status < 300) {
       return buffered::Outcome::delivered();
     }
-    const bool retryable = !reply.error.empty() || reply.status == 429 || reply.status == 502 ||
-                           reply.status == 503 || reply.status == 504;
+    const bool retryable = reply.error.empty() ? reply.status == 429 || reply.status == 502 ||
+                                                     reply.status == 503 || reply.status == 504
+                                               : reply.retryable;
     std::string why = reply.error;
     if (why.empty()) why = "HTTP " + std::to_string(reply.status);
     if (reply.retry_after.count() > 0) {
@@ -211,13 +192,13 @@ class Webhook {
     if (!retryable) return buffered::Outcome::permanent_failure();
     return buffered::Outcome::retry(reply.retry_after);  // 0: the configured backoff
   }
-  std::string name() const { return "webhook:127.0.0.1:" + std::to_string(port_); }
+  std::string name() const { return "webhook:" + url_; }
 
  private:
   // The JSON array of the batch. An event's id is made of the run's id and its seq, both fixed
   // when the event was made, so every attempt sends the same ids: a receiver that stores each
   // id once (a primary key) turns at-least-once delivery into exactly-once.
-  std::string make_request(std::span<const examples::AuditEvent> batch) const {
+  std::string make_body(std::span<const examples::AuditEvent> batch) const {
     std::string body = "[";
     for (const examples::AuditEvent& e : batch) {
       if (body.size() > 1) body += ',';
@@ -226,9 +207,7 @@ class Webhook {
               ",\"verb\":\"" + e.verb + "\"}";  // the example's verbs need no escaping
     }
     body += ']';
-    return "POST /audit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-           "Content-Length: " +
-           std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+    return body;
   }
 
   void log(std::size_t attempt, std::span<const examples::AuditEvent> batch, const std::string& why,
@@ -239,7 +218,7 @@ class Webhook {
     std::fflush(stdout);  // a test reads these lines as they come
   }
 
-  std::uint16_t port_;
+  std::string url_;
   std::string run_id_;
   mutable std::mutex log_mu_;
 };
@@ -285,6 +264,10 @@ int main(int argc, char** argv) {
     if (kind == buffered::ErrorKind::abandoned) abandoned += lost.size();
     for (const auto& e : lost) lost_ids << e.seq << '\n';
   };
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {  // once, before any thread uses curl
+    std::fprintf(stderr, "curl_global_init failed\n");
+    return 1;
+  }
   Webhook hook(port, random_run_id());
   buffered::BufferedBackend<examples::AuditEvent, Webhook&> backend(hook, config, on_error);
   backend.run();

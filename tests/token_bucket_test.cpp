@@ -17,7 +17,7 @@ struct ManualClock {
   using rep = duration::rep;
   using period = duration::period;
   using time_point = std::chrono::time_point<ManualClock>;
-  static constexpr bool is_steady = true;
+  [[maybe_unused]] static constexpr bool is_steady = true;  // a Clock has it; unused here
   static inline time_point current{};
   static time_point now() noexcept { return current; }
   static void advance(duration d) { current += d; }
