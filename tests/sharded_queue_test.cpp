@@ -57,6 +57,21 @@ TEST(ShardedQueue, BlocksAreRecycledInOrderManyTimesOver) {
   EXPECT_EQ(q.pushed(), next_in);
 }
 
+TEST(ShardedQueue, CountersWrap) {
+  Queue q(64, ~std::uint64_t{0} - 50);  // lane and consumer counts start 51 below the wrap
+  std::uint64_t next_in = 0, next_out = 0;
+  for (int round = 0; round < 20; ++round) {
+    for (int i = 0; i < 40; ++i) ASSERT_EQ(push(q, next_in++), PushResult::ok);
+    EXPECT_EQ(q.size(), 40u);
+    for (std::uint64_t v : pop_all(q)) ASSERT_EQ(v, next_out++);
+  }
+  EXPECT_EQ(q.pushed(), 800u);
+  EXPECT_EQ(q.position() - q.initial_position(), 800u);
+  q.close();
+  std::this_thread::sleep_for(Queue::kStoreVisibility * 2);
+  EXPECT_TRUE(q.drained());
+}
+
 // Several producer threads at once: the queue never holds more than its capacity, each thread's
 // events come out in its order, and a refusal happens only when the queue holds at least
 // capacity minus what the other lanes may hold reserved.

@@ -71,12 +71,12 @@ class SpinLock {
 //   an element happens-before the construction of the next one in its slot.
 // - Closing and parking need the other side's store to be seen without a locked instruction on
 //   the producer's path (a full fence per event costs more than the rest of the push). A push
-//   marks its lane `busy` before it checks `closed_`, and clears it when done (`busy` has a
-//   line of its own, which only drained() reads); close() stores `closed_` and drained() reads the
-//   busy bits only once kStoreVisibility has passed since then. A push whose busy mark the reader
-//   misses was made later than its store of `closed_` became visible, so that push sees `closed_`
-//   and refuses. The reasoning needs only that a store becomes visible to other threads within
-//   kStoreVisibility (1 ms): the C++ memory model asks this of implementations
+//   marks its lane `busy` before it checks `closed_`, and clears it when done (`busy` is on the
+//   producer's own line; only drained() reads it from elsewhere); close() stores `closed_`, and
+//   drained() reads the busy marks only once kStoreVisibility has passed since then. A push
+//   whose busy mark drained() misses started after the store of `closed_` became visible, so
+//   that push sees `closed_` and refuses. The reasoning needs only that a store becomes visible to
+//   other threads within kStoreVisibility (1 ms): the C++ memory model asks this of implementations
 //   ([atomics.order] "within a reasonable amount of time"); hardware does it in nanoseconds,
 //   and a pre-empted thread's stores are flushed when it is switched out. Parker relies on the
 //   same bound (the worker re-checks once, kStoreVisibility after it arms).
@@ -117,6 +117,10 @@ class ShardedQueue {
     for (unsigned i = 0; i < kLanes; ++i) {
       lanes_[i].tail_block = lanes_[i].head_block = i;
       lanes_[i].tail = slot(i, 0);
+      // Lane counts start where consumer positions do, so the wrap test covers both.
+      lanes_[i].published.store(initial_position, std::memory_order_relaxed);
+      lanes_[i].pushed = initial_position;
+      lanes_[i].consumed.store(initial_position, std::memory_order_relaxed);
     }
     credits_.store(static_cast<std::int64_t>(capacity), std::memory_order_relaxed);
     anchor_ = new LaneAnchor(this, &ShardedQueue::release_lane);
@@ -276,7 +280,9 @@ class ShardedQueue {
   // Any thread: events pushed so far (the `accepted` count), and events not yet taken.
   std::uint64_t pushed() const noexcept {
     std::uint64_t n = 0;
-    for (const Lane& lane : lanes_) n += lane.published.load(std::memory_order_acquire);
+    for (const Lane& lane : lanes_) {
+      n += lane.published.load(std::memory_order_acquire) - initial_position_;
+    }
     return n;
   }
   std::size_t size() const noexcept {
