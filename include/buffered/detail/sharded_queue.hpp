@@ -41,7 +41,7 @@ class SpinLock {
   void unlock() noexcept { flag_.clear(std::memory_order_release); }
 
  private:
-  std::atomic_flag flag_ = ATOMIC_FLAG_INIT;
+  std::atomic_flag flag_;  // clear (C++20)
 };
 
 // Producer threads each get a lane of their own (kExclusiveLanes of them; threads beyond that
