@@ -295,8 +295,6 @@ class ShardedQueue {
     return static_cast<std::size_t>(std::min<std::uint64_t>(n, capacity_));
   }
 
-  std::size_t capacity() const noexcept { return capacity_; }
-  std::size_t block() const noexcept { return block_; }
   std::size_t chunk() const noexcept { return chunk_; }
 
  private:
