@@ -47,19 +47,17 @@ class Parker {
     if (wake_at == kDisarmed) [[likely]]
       return;
     if (queued() < wake_at) return;
-    if (!wake_at_.compare_exchange_strong(wake_at, kDisarmed, std::memory_order_seq_cst)) return;
-    signal();
+    disarm_and_signal(wake_at);
   }
 
   // Producer, refused for want of space: the lanes may each hold less than their share while
   // all of them together fill the buffer, so wake the consumer if it waits for more. One
   // atomic load unless it does.
   void notify_full() {
-    std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
+    const std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
     if (wake_at == kDisarmed) [[likely]]
       return;
-    if (!wake_at_.compare_exchange_strong(wake_at, kDisarmed, std::memory_order_seq_cst)) return;
-    signal();
+    disarm_and_signal(wake_at);
   }
 
   // Any thread: wake the consumer now (or make its next park return at once). Blocks briefly
@@ -88,6 +86,11 @@ class Parker {
   }
 
  private:
+  // The producer that disarms `wake_at` (still the value it saw) is the one that wakes.
+  void disarm_and_signal(std::uint64_t wake_at) {
+    if (wake_at_.compare_exchange_strong(wake_at, kDisarmed, std::memory_order_seq_cst)) signal();
+  }
+
   alignas(kCacheLine) std::atomic<std::uint64_t> wake_at_{kDisarmed};
   alignas(kCacheLine) std::mutex mu_;
   std::condition_variable cv_;
