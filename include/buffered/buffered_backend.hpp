@@ -109,14 +109,21 @@ class BufferedBackend {
   // events are as the delegate left them (it may have moved from them). Exceptions it throws are
   // caught and ignored. It may be called on any thread, including the producer's.
   using error_handler = std::function<void(ErrorKind, std::span<const Event>)>;
+  // An event's size for the byte bounds (BatchConfig::max_buffer_bytes, max_batch_bytes), called
+  // once per event when it is offered, on the producer's thread, only when a byte bound is set.
+  // It must not throw (an exception reaches the caller of process_event(s), nothing claimed).
+  using byte_size_function = std::function<std::size_t(const Event&)>;
 
   // Validates `config` (throws std::invalid_argument naming the field) and allocates the buffer
   // and the batch buffers (std::bad_alloc reaches the caller). Starts no thread and calls no
   // delegate member. A max_batch_size above buffer_size is accepted: a batch then holds at most
   // buffer_size events (a full buffer is a full batch).
-  explicit BufferedBackend(Delegate sink, BatchConfig config = {}, error_handler on_error = {})
+  // `byte_size` empty: every event counts sizeof(Event) bytes.
+  explicit BufferedBackend(Delegate sink, BatchConfig config = {}, error_handler on_error = {},
+                           byte_size_function byte_size = {})
       : delegate_(std::forward<Delegate>(sink)),
         config_(validated(config)),
+        byte_size_(std::move(byte_size)),
         report_(std::move(on_error), this),
         queue_(config_.buffer_size, detail::test_hooks::start_position()),
         completion_(config_.async_delegate ? config_.max_in_flight : 0),
@@ -386,8 +393,13 @@ class BufferedBackend {
         throw invalid_argument("BatchConfig::retry.jitter must be in [0, 1]");
       }
     }
-    if (c.overflow != OverflowPolicy::drop_newest && c.overflow != OverflowPolicy::block) {
+    if (c.overflow != OverflowPolicy::drop_newest && c.overflow != OverflowPolicy::block &&
+        c.overflow != OverflowPolicy::drop_oldest) {
       throw invalid_argument("BatchConfig::overflow is not an OverflowPolicy value");
+    }
+    if (c.max_buffer_bytes != 0 && c.max_batch_bytes > c.max_buffer_bytes) {
+      throw invalid_argument(
+          "BatchConfig::max_batch_bytes must be at most max_buffer_bytes when both are set");
     }
     return c;
   }
@@ -483,6 +495,7 @@ class BufferedBackend {
 
   Delegate delegate_;
   const BatchConfig config_;
+  const byte_size_function byte_size_;
   const detail::Reporter<Event> report_;
   detail::ShardedQueue<Event> queue_;
   detail::Parker parker_;

@@ -11,6 +11,8 @@ namespace buffered {
 enum class OverflowPolicy {
   drop_newest,  // a full buffer rejects the event at once; never blocks
   block,        // the caller waits for space, up to BatchConfig::block_timeout, then it is rejected
+  drop_oldest,  // a full buffer evicts the oldest queued events (reported `evicted`) to make room
+                // for the new one, which is accepted; never blocks (beyond a short lock)
 };
 
 enum class ErrorKind {
@@ -18,6 +20,8 @@ enum class ErrorKind {
   shut_down,        // rejected by process_event(s): the backend is shut down
   delegate_failed,  // the delegate threw, returned false or failed the batch, for the last time
   abandoned,        // accepted, but never delivered because shutdown came first
+  evicted,          // accepted, then removed by OverflowPolicy::drop_oldest to make room
+  too_large,        // refused by process_event(s): the event alone exceeds a byte bound
 };
 
 struct Throttle {
@@ -45,6 +49,9 @@ struct BatchConfig {
   OverflowPolicy overflow = OverflowPolicy::drop_newest;
   std::chrono::nanoseconds block_timeout = std::chrono::nanoseconds::max();  // for block
   std::optional<Retry> retry = std::nullopt;  // none: a failed batch is reported at once
+  std::size_t max_buffer_bytes = 0;  // 0: no byte bound; else the queued events' byte sizes sum
+                                     // to at most this (buffer_size still applies too)
+  std::size_t max_batch_bytes = 0;   // 0: none; else a batch's byte sizes sum to at most this
 };
 
 struct Stats {                       // a snapshot; counters only grow
@@ -58,10 +65,13 @@ struct Stats {                       // a snapshot; counters only grow
   std::size_t queued;                // events in the buffer now
   std::size_t in_flight;             // delegate calls running now
   std::uint64_t retries;             // delegate calls that repeated a failed attempt
+  std::uint64_t evicted;             // accepted events removed by drop_oldest
+  std::uint64_t rejected_too_large;  // events refused because one alone exceeds a byte bound
   std::size_t pending;               // events taken from the buffer, not yet delivered, failed or
                                      // abandoned: in a forming batch, waiting for a token or a
                                      // retry, or in a delegate call (after shutdown: only a call
                                      // that outlived its deadline; they settle when it returns)
+  std::size_t queued_bytes;          // byte size of the queued events (0 without a byte bound)
 };
 
 }  // namespace buffered
