@@ -160,6 +160,7 @@ std::atomic<std::uint64_t> current_seed{0};  // of the round running now, for th
 
 // Set on the tool's producer threads: evicted and too_large are reported on the producer's.
 thread_local bool on_producer_thread = false;
+thread_local int producer_index = -1;  // on a producer thread: its index
 
 // ---- allocation faults ----
 
@@ -304,8 +305,10 @@ struct Observed {
   std::atomic<std::uint64_t> seq{0};
   std::unordered_map<std::uint64_t, int> reported_full, reported_shut_down, reported_failed,
       reported_abandoned, reported_evicted, reported_too_large;
-  std::vector<std::uint64_t> evicted_order;  // the evicted ids, as reported
-  std::uint64_t off_producer_reports = 0;    // evicted or too_large off the producers' threads
+  std::vector<std::uint64_t> evicted_order;           // the evicted ids, as reported
+  std::unordered_map<std::uint64_t, int> evicted_by;  // id -> the producer that reported it
+  std::vector<std::uint64_t> unsettled_at_flush;      // ids not settled when a flush returned true
+  std::uint64_t off_producer_reports = 0;  // evicted or too_large off the producers' threads
   // Delivered (call returned), reported failed, or evicted.
   std::unordered_map<std::uint64_t, int> settled;
   std::vector<FailedReport> failed_reports;
@@ -649,6 +652,7 @@ class Round {
         ++(*into)[e.id];
         if (kind == buffered::ErrorKind::evicted) {
           obs.evicted_order.push_back(e.id);
+          obs.evicted_by[e.id] = producer_index;
           ++obs.settled[e.id];
         }
         // The delegate never moves from events: a failed batch is reported as it was offered.
@@ -884,6 +888,7 @@ class Round {
       for (std::uint32_t p = 0; p < producers; ++p) {
         threads.emplace_back([&, p] {
           on_producer_thread = true;
+          producer_index = static_cast<int>(p);
           auto& prng = producer_rngs[p];
           std::uint32_t seq = 0;
           int after_shutdown = 0;
@@ -974,14 +979,14 @@ class Round {
               }
               if (f.disarm()) violation("flush() allocated (an injected failure fired in it)");
               if (flushed) {
-                // Every event this thread had accepted is delivered or failed: none waits for a
-                // retry, none was abandoned.
+                // Every event this thread had accepted is delivered, failed or evicted: none
+                // waits for a retry, none was abandoned. (Judged after the round: one evicted by
+                // another producer's thread gets its own message.)
                 std::lock_guard<std::mutex> lock(obs.mu);
                 for (; flush_checked < accepted[p].size(); ++flush_checked) {
                   const std::uint64_t id = accepted[p][flush_checked];
                   if (times_in(obs.settled, id) == 0) {
-                    violation("flush() returned true before accepted id " + std::to_string(id) +
-                              " was delivered or failed");
+                    obs.unsettled_at_flush.push_back(id);
                     break;
                   }
                 }
@@ -1389,6 +1394,18 @@ class Round {
                     " after id " + std::to_string(obs.evicted_order[i - 1]));
           break;
         }
+      }
+    }
+    for (const std::uint64_t id : obs.unsettled_at_flush) {
+      const auto by = obs.evicted_by.find(id);
+      if (by != obs.evicted_by.end() && by->second != static_cast<int>(id >> 32)) {
+        violation("flush() on producer " + std::to_string(id >> 32) +
+                  "'s thread returned true before its accepted id " + std::to_string(id) +
+                  " was reported evicted (by producer " + std::to_string(by->second) +
+                  "'s thread, after the flush returned)");
+      } else {
+        violation("flush() returned true before accepted id " + std::to_string(id) +
+                  " was delivered, failed or evicted");
       }
     }
     if (obs.off_producer_reports != 0) {
