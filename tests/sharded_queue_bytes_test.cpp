@@ -98,7 +98,7 @@ TEST(ShardedQueueBytes, EvictionTakesTheOldestAndGivesTheSpaceToTheEvictor) {
   ASSERT_EQ(q.try_emplace(lane, std::uint64_t{4}), PushResult::full);
   std::vector<std::uint64_t> evicted;
   for (std::uint64_t i = 4; i < 10; ++i) {
-    ASSERT_TRUE(q.evict_oldest(lane, [&evicted](std::uint64_t&& v) { evicted.push_back(v); }));
+    ASSERT_TRUE(q.evict_oldest(lane, 0, [&evicted](std::uint64_t&& v) { evicted.push_back(v); }));
     ASSERT_EQ(q.try_emplace(lane, i), PushResult::ok) << "the freed slot is the evictor's";
     ASSERT_EQ(q.try_emplace(lane, i), PushResult::full);
   }
@@ -108,10 +108,10 @@ TEST(ShardedQueueBytes, EvictionTakesTheOldestAndGivesTheSpaceToTheEvictor) {
   std::vector<std::uint64_t> rest;
   q.pop(100, [&rest](std::uint64_t&& v) { rest.push_back(v); });
   EXPECT_EQ(rest, (std::vector<std::uint64_t>{6, 7, 8, 9}));
-  EXPECT_FALSE(q.evict_oldest(lane, [](std::uint64_t&&) {})) << "nothing queued";
+  EXPECT_FALSE(q.evict_oldest(lane, 0, [](std::uint64_t&&) {})) << "nothing queued";
   ASSERT_EQ(q.try_emplace(lane, std::uint64_t{10}), PushResult::ok);
   q.close();
-  EXPECT_FALSE(q.evict_oldest(lane, [](std::uint64_t&&) {})) << "closed";
+  EXPECT_FALSE(q.evict_oldest(lane, 0, [](std::uint64_t&&) {})) << "closed";
   EXPECT_EQ(q.size(), 1u);
 }
 
@@ -127,7 +127,7 @@ TEST(ShardedQueueBytes, AnEvictorTakesItsOwnLaneFirstThenTheOthers) {
   ASSERT_EQ(q.try_emplace(mine, std::uint64_t{1}), PushResult::ok);
   std::vector<std::uint64_t> evicted;
   const auto out = [&evicted](std::uint64_t&& v) { evicted.push_back(v); };
-  while (q.evict_oldest(mine, out)) {
+  while (q.evict_oldest(mine, 0, out)) {
   }
   EXPECT_EQ(evicted, (std::vector<std::uint64_t>{0, 1, 100, 101, 102}));
   EXPECT_EQ(q.size(), 0u);
@@ -146,7 +146,7 @@ TEST(ShardedQueueBytes, EvictionAndConsumptionNeverTakeTheSameElement) {
   Queue::LaneHandle lane = nullptr;
   for (std::uint64_t i = 0; i < kEvents; ++i) {
     while (q.try_emplace(lane, i) != PushResult::ok) {
-      q.evict_oldest(lane, [&evicted](std::uint64_t&& v) { evicted.push_back(v); });
+      q.evict_oldest(lane, 0, [&evicted](std::uint64_t&& v) { evicted.push_back(v); });
     }
   }
   done.store(true);

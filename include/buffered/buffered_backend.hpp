@@ -248,20 +248,21 @@ class BufferedBackend {
     return false;
   }
 
-  // Blocks until every event accepted before the call has been delivered or failed (the partial
-  // batch goes at once; batches waiting to retry are waited for), then calls delegate.flush() if
-  // present (on this thread) and returns true. Returns false at `timeout`, or if some of those
-  // events were abandoned by a shutdown. Returns at once, true only if every one of those events is
-  // already delivered or failed, when the backend is not running: before run(), after shutdown()
-  // completed, or once a shutdown deadline has passed. delegate.flush() is never called once
-  // delegate.shutdown() has started (flush() then returns true without it: the delegate is being
-  // shut down, which flushes it). Called from inside the delegate or the error handler it only
-  // requests the flush and returns false. Thread-safe; never allocates; exceptions from
-  // delegate.flush() propagate.
+  // Blocks until every event accepted before the call has been delivered or failed, or evicted
+  // and reported (the partial batch goes at once; batches waiting to retry are waited for), then
+  // calls delegate.flush() if present (on this thread) and returns true. Returns false at
+  // `timeout`, or if some of those events were abandoned by a shutdown. Returns at once, true only
+  // if every one of those events is already delivered, failed or evicted and reported, when the
+  // backend is not running: before run(), after shutdown() completed, or once a shutdown deadline
+  // has passed. delegate.flush() is never called once delegate.shutdown() has started (flush() then
+  // returns true without it: the delegate is being shut down, which flushes it). Called from inside
+  // the delegate or the error handler it only requests the flush and returns false. Thread-safe;
+  // never allocates; exceptions from delegate.flush() propagate.
   bool flush(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
     if (!started() || completion_.complete() || stop_.past_deadline()) {
-      return queue_.size() == 0 && completion_.flushed(offset(queue_.position()));
+      return queue_.size() == 0 && completion_.flushed(offset(queue_.position())) &&
+             queue_.evictions_reported();
     }
     const std::uint64_t request = worker_.request_flush();
     parker_.signal();
@@ -271,6 +272,8 @@ class BufferedBackend {
     if (!target) return false;
     const auto result = completion_.wait_flushed(*target, deadline, past_deadline);
     if (result != detail::Completion::FlushResult::done) return false;
+    // An evicted event counts as done once its eviction has been reported.
+    if (!queue_.wait_evictions_reported(deadline)) return false;
     if constexpr (detail::HasFlush<DelegateType>) {
       const detail::FlushPass pass(flush_gate_);
       if (pass) {
@@ -516,6 +519,12 @@ class BufferedBackend {
     if (result == detail::PushResult::sized) return offer_sized(std::forward<Args>(args)...);
     if (result != detail::PushResult::full) return result;
     parker_.notify_full();
+    if (config_.max_buffer_bytes != 0) {
+      // Other producer threads' byte reserves may be what is missing: take them back, once.
+      queue_.reclaim_bytes();
+      result = push_once(lane, bytes, std::forward<Args>(args)...);
+      if (result != detail::PushResult::full) return result;
+    }
     if (config_.overflow == OverflowPolicy::drop_oldest) {
       return offer_evicting(lane, bytes, std::forward<Args>(args)...);
     }
@@ -532,13 +541,10 @@ class BufferedBackend {
   template <class... Args>
   detail::PushResult offer_evicting(LaneHandle lane, std::uint64_t bytes, Args&&... args) {
     for (bool evicted_last = true;;) {
-      std::optional<Event> victim;
-      const bool evicted = queue_.evict_oldest(
-          lane, [&victim](Event&& e) noexcept { victim.emplace(std::move(e)); });
-      if (evicted) {
-        report_(ErrorKind::evicted, std::span<const Event>(&*victim, 1));
-        victim.reset();
-      } else if (!evicted_last || queue_.closed()) {
+      const bool evicted = queue_.evict_oldest(lane, bytes, [this](Event&& victim) noexcept {
+        report_(ErrorKind::evicted, std::span<const Event>(&victim, 1));
+      });
+      if (!evicted && (!evicted_last || queue_.closed())) {
         return queue_.closed() ? detail::PushResult::closed : detail::PushResult::full;
       }
       evicted_last = evicted;
@@ -552,8 +558,14 @@ class BufferedBackend {
   detail::PushResult offer_blocking(std::uint64_t bytes, Args&&... args) {
     const auto deadline = detail::deadline_after(Clock::now(), config_.block_timeout);
     for (;;) {
+      // Every byte reserve comes with a push, so the worker notifies after it; reclaiming on
+      // each check means an idle thread's reserve never keeps this event out.
       const bool ready = space_.wait(
-          [this, bytes] { return queue_.closed() || queue_.has_space(bytes); }, deadline);
+          [this, bytes] {
+            queue_.reclaim_bytes();
+            return queue_.closed() || queue_.has_space(bytes);
+          },
+          deadline);
       LaneHandle lane = nullptr;
       // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
       const detail::PushResult result = push_once(lane, bytes, std::forward<Args>(args)...);
