@@ -205,12 +205,13 @@ TEST(DropOldest, CountAndBytesTogether) {
   for (const Item& item : items(0, 3, 10)) ASSERT_TRUE(backend.process_event(item));
   EXPECT_TRUE(backend.process_event(Item{0, 3, 10}));  // full by count: one goes
   EXPECT_EQ(reports.of(ErrorKind::evicted), items(0, 1, 10));
-  EXPECT_TRUE(backend.process_event(Item{0, 4, 80}));  // full by bytes too: two go
+  // 30 + 81 bytes: full by bytes too, two go (20 + 81 would still pass the bound).
+  EXPECT_TRUE(backend.process_event(Item{0, 4, 81}));
   EXPECT_EQ(reports.of(ErrorKind::evicted), items(0, 3, 10));
-  EXPECT_EQ(backend.stats().queued_bytes, 90u);
+  EXPECT_EQ(backend.stats().queued_bytes, 91u);
   backend.run();
   EXPECT_TRUE(backend.shutdown());
-  EXPECT_EQ(sink.events(), (std::vector<Item>{{0, 3, 10}, {0, 4, 80}}));
+  EXPECT_EQ(sink.events(), (std::vector<Item>{{0, 3, 10}, {0, 4, 81}}));
   expect_settled(backend.stats(), 5);
 }
 
