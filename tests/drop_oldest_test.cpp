@@ -357,6 +357,72 @@ TEST(DropOldest, ExactlyOnceWithSeveralProducers) {
   }
 }
 
+// Eviction makes room for the evicting producer only as far as it needs it: a producer thread
+// that evicted (for bytes, or for a slot) and then goes idle keeps no more reserved room than the
+// slack every lane may hold, so another producer still gets nearly the whole buffer before it
+// evicts (at most 1/8 of each bound reserved elsewhere).
+// Exposes a bug in 09eaee2 "[impl]": evict_oldest() gives the evicting lane a count credit *and*
+// the evicted event's bytes, whichever bound was short, and the lane keeps what it does not use
+// (case 1: 58 slots, so the other producer evicts with 5 of 64 events queued; case 2: ~5000
+// bytes, so it evicts with 4000 of 10000 bytes queued).
+TEST(DropOldest, AProducerThatEvictedKeepsNoMoreThanTheSlack) {
+  struct Case {
+    const char* name;
+    std::size_t buffer_size;
+    std::size_t max_bytes;
+    std::size_t max_batch;             // what the held worker takes: everything A left queued
+    std::vector<std::size_t> a_sizes;  // what the first producer offers, in order
+    std::size_t b_bytes;               // the size of each of the other producer's events
+  };
+  std::vector<std::size_t> short_of_bytes(60, 100);  // then 9900 bytes: 59 of them evicted
+  short_of_bytes.push_back(9900);
+  std::vector<std::size_t> short_of_slots{5000};  // then 99 of 1 byte, then one more slot
+  short_of_slots.insert(short_of_slots.end(), 100, 1);
+  const Case cases[] = {
+      {"evicted for bytes", 64, 10000, 2, short_of_bytes, 1},
+      {"evicted for a slot", 100, 10000, 100, short_of_slots, 1000},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    HeldSink sink;
+    Reports reports;
+    buffered::BatchConfig c = dropping(k.buffer_size, k.max_bytes);
+    c.max_batch_size = k.max_batch;
+    c.max_batch_wait = 1h;
+    buffered::BufferedBackend<Item, HeldSink&> backend(sink, c, reports.handler(), item_bytes);
+    const OpenAtExit open_at_exit{sink};
+    Gate a_offered;
+    Gate a_may_end;
+    std::thread a([&] {  // offers, then stays alive and idle, holding its lane
+      for (std::uint64_t i = 0; i < k.a_sizes.size(); ++i) {
+        EXPECT_TRUE(backend.process_event(Item{1, i, k.a_sizes[i]}));
+      }
+      a_offered.open();
+      a_may_end.wait();
+    });
+    a_offered.wait();
+    const std::size_t evicted_by_a = reports.of(ErrorKind::evicted).size();
+    EXPECT_GT(evicted_by_a, 0u);
+    backend.run();  // the worker takes what A left into one full batch, and is held there
+    EXPECT_TRUE(eventually([&] { return sink.calls() == 1 && backend.stats().queued == 0; }));
+    bool evicted = false;
+    for (std::uint64_t j = 0; j < k.buffer_size && !evicted; ++j) {
+      const auto before = backend.stats();
+      EXPECT_TRUE(backend.process_event(Item{0, j, k.b_bytes}));
+      evicted = reports.of(ErrorKind::evicted).size() > evicted_by_a;
+      if (evicted) {
+        const bool slots_short = before.queued + 1 > k.buffer_size - k.buffer_size / 8;
+        const bool bytes_short = before.queued_bytes + k.b_bytes > k.max_bytes - k.max_bytes / 8;
+        EXPECT_TRUE(slots_short || bytes_short)
+            << "evicted with only " << before.queued << " of " << k.buffer_size << " events and "
+            << before.queued_bytes << " of " << k.max_bytes << " bytes queued";
+      }
+    }
+    a_may_end.open();
+    a.join();
+  }
+}
+
 TEST(DropOldest, FlushCountsEvictedEventsAsDone) {
   {
     SCOPED_TRACE("evicted before run()");
