@@ -357,6 +357,66 @@ TEST(DropOldest, ExactlyOnceWithSeveralProducers) {
   }
 }
 
+// Several producer threads: a producer evicts its own oldest events first, and another thread's
+// (oldest first) only when it has none queued -- so a noisy producer evicts its own backlog
+// before a quiet one's.
+TEST(DropOldest, AProducerEvictsItsOwnOldestFirst) {
+  Sink sink;
+  Reports reports;
+  Backend backend(sink, dropping(10), reports.handler(), item_bytes);
+  Gate quiet_offered;
+  Gate quiet_may_end;
+  std::thread quiet([&] {  // stays alive, so its lane stays its own
+    EXPECT_TRUE(backend.process_event(Item{1, 0, 1}));
+    EXPECT_TRUE(backend.process_event(Item{1, 1, 1}));
+    quiet_offered.open();
+    quiet_may_end.wait();
+  });
+  quiet_offered.wait();
+  for (const Item& item : items(0, 8)) EXPECT_TRUE(backend.process_event(item));  // full
+  EXPECT_EQ(reports.calls(), 0u);
+  for (const Item& item : items(8, 13)) EXPECT_TRUE(backend.process_event(item));
+  EXPECT_EQ(reports.of(ErrorKind::evicted), items(0, 13));  // its own, never the quiet one's
+  backend.run();
+  EXPECT_TRUE(backend.shutdown());
+  quiet_may_end.open();
+  quiet.join();
+  std::vector<Item> noisy;
+  std::vector<Item> from_quiet;
+  for (const Item& item : sink.events()) (item.producer == 0 ? noisy : from_quiet).push_back(item);
+  EXPECT_EQ(noisy, items(13, 8));
+  EXPECT_EQ(from_quiet, (std::vector<Item>{{1, 0, 1}, {1, 1, 1}}));
+  expect_settled(backend.stats(), 23);
+}
+
+TEST(DropOldest, WithNothingOfItsOwnQueuedAProducerEvictsAnothersOldest) {
+  Sink sink;
+  Reports reports;
+  Backend backend(sink, dropping(4), reports.handler(), item_bytes);
+  Gate other_offered;
+  Gate other_may_end;
+  std::thread other([&] {
+    for (std::uint64_t i = 0; i < 4; ++i) EXPECT_TRUE(backend.process_event(Item{1, i, 1}));
+    other_offered.open();
+    other_may_end.wait();
+  });
+  other_offered.wait();
+  EXPECT_TRUE(backend.process_event(Item{0, 0, 1}));  // nothing of its own: the other's oldest
+  EXPECT_EQ(reports.of(ErrorKind::evicted), (std::vector<Item>{{1, 0, 1}}));
+  EXPECT_TRUE(backend.process_event(Item{0, 1, 1}));  // now its own
+  EXPECT_EQ(reports.of(ErrorKind::evicted), (std::vector<Item>{{1, 0, 1}, {0, 0, 1}}));
+  backend.run();
+  EXPECT_TRUE(backend.shutdown());
+  other_may_end.open();
+  other.join();
+  std::vector<Item> got = sink.events();
+  std::sort(got.begin(), got.end(), [](const Item& a, const Item& b) {
+    return std::pair(a.producer, a.seq) < std::pair(b.producer, b.seq);
+  });
+  EXPECT_EQ(got, (std::vector<Item>{{0, 1, 1}, {1, 1, 1}, {1, 2, 1}, {1, 3, 1}}));
+  expect_settled(backend.stats(), 6);
+}
+
 // Eviction makes room for the evicting producer only as far as it needs it: a producer thread
 // that evicted (for bytes, or for a slot) and then goes idle keeps no more reserved room than the
 // slack every lane may hold, so another producer still gets nearly the whole buffer before it
