@@ -59,6 +59,14 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 // again after a backoff. Every event offered is either delivered to the delegate or reported to
 // the error handler exactly once.
 //
+// Byte bounds (BatchConfig::max_buffer_bytes, max_batch_bytes; the constructor's byte_size
+// function gives each event's size, once, when it is offered): the buffer never holds more queued
+// bytes than max_buffer_bytes, a batch never more than max_batch_bytes, and an event larger than
+// either bound is refused at once as too_large. With OverflowPolicy::drop_oldest a full buffer
+// (count or bytes) evicts queued events, oldest first, reporting each as `evicted` on the
+// producer's thread, until the new event fits. See sharded_queue.hpp for what "oldest" and the
+// bounds mean with several producer threads.
+//
 // This class is the facade: config validation, the lifecycle, the producer API and stats. The
 // parts are in detail/: the buffer (sharded_queue.hpp, lane_registry.hpp), the worker loop
 // (worker.hpp), the delivery of one batch with its retries (delivery.hpp), the dispatch pool
@@ -76,13 +84,14 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 // Exceptions: only the constructor (std::invalid_argument for a bad config, std::bad_alloc) and
 // run() (what delegate.run() throws, std::bad_alloc, std::system_error when a thread cannot be
 // made, std::logic_error after shutdown) throw on their own; process_event(s) throw only what
-// copying an Event throws, flush() only what delegate.flush() throws. shutdown(), stats() and
-// the destructor never throw, and nothing after construction and run() allocates.
+// copying an Event or the byte_size function throws, flush() only what delegate.flush() throws.
+// shutdown(), stats() and the destructor never throw, and nothing after construction and run()
+// allocates.
 //
 // Memory: the buffer of buffer_size events (plus up to a quarter more slots: blocks that lanes
-// hold partly filled), plus batch buffers of min(max_batch_size,
-// buffer_size) events: one for the worker (max_in_flight + 1 in async mode) and one to report
-// abandoned events in at shutdown.
+// hold partly filled; and a size per slot with a byte bound), plus batch buffers of
+// min(max_batch_size, buffer_size) events: one for the worker (max_in_flight + 1 in async mode) and
+// one to report abandoned events in at shutdown.
 //
 // `Delegate` may be a reference type: the backend then does not own the sink.
 template <class Event, class Delegate>
@@ -198,8 +207,10 @@ class BufferedBackend {
 
   // Offers copies of `events`, in order. Returns how many were accepted; stops at the first
   // refusal and reports that event and all after it to the error handler in one call (kind
-  // buffer_full or shut_down). Thread-safe. Never blocks with drop_newest; with block, waits for
-  // space per event. Never allocates (the copies aside). If a copy throws, the events before it
+  // buffer_full, shut_down or too_large). Thread-safe. Never blocks with drop_newest; with
+  // drop_oldest only on a spin lock shared with the worker, while it evicts (each evicted event
+  // is reported on this thread); with block, waits for space per event. Never allocates (the
+  // copies aside). If a copy throws, the events before it
   // stay accepted, nothing else is claimed or counted, and the exception propagates.
   std::size_t process_events(std::span<const Event> events) {
     static_assert(std::is_copy_constructible_v<Event>,
@@ -228,8 +239,8 @@ class BufferedBackend {
     return false;
   }
 
-  // Moves `event` in if accepted; otherwise leaves it intact and reports it. Never throws.
-  // Thread-safe. Never blocks with drop_newest.
+  // Moves `event` in if accepted; otherwise leaves it intact and reports it. Never throws (but
+  // for what byte_size throws). Thread-safe. Blocks as process_events does.
   bool process_event(Event&& event) {
     const detail::PushResult result = offer(std::move(event));
     if (result == detail::PushResult::ok) return true;
