@@ -9,7 +9,6 @@
 #include <atomic>
 #include <map>
 #include <mutex>
-#include <ostream>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -26,10 +25,6 @@ struct Item {
   std::uint32_t producer = 0;
   std::uint64_t seq = 0;
   std::size_t bytes = 0;
-  friend bool operator==(const Item&, const Item&) = default;
-  friend std::ostream& operator<<(std::ostream& os, const Item& i) {
-    return os << "{p" << i.producer << " #" << i.seq << " " << i.bytes << "B}";
-  }
 };
 
 std::size_t item_bytes(const Item& item) { return item.bytes; }
