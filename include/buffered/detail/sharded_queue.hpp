@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <iterator>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -286,19 +285,24 @@ class ShardedQueue {
   // Any thread: waits until every eviction whose element has left the queue before the call
   // has been reported, or until `deadline` (false then). Evictions that start meanwhile are not
   // waited for (they count in the other epoch), so producers that keep evicting cannot hold it
-  // up. Callers are serialized by a mutex (with the deadline). Never allocates.
+  // up. Callers take turns (each until its deadline). Never allocates.
   bool wait_evictions_reported(std::optional<SteadyClock::time_point> deadline) {
     if (!evicting_) return true;
-    std::unique_lock<std::timed_mutex> lock(epoch_mu_, std::defer_lock);
-    if (deadline) {
-      if (!lock.try_lock_until(*deadline)) return false;
-    } else {
-      lock.lock();
+    // A flag rather than std::timed_mutex: ThreadSanitizer does not see libstdc++'s
+    // pthread_mutex_clocklock. Callers are few (flushes), so polling is fine.
+    Backoff backoff;
+    while (epoch_busy_.exchange(true, std::memory_order_acquire)) {
+      if (deadline && SteadyClock::now() >= *deadline) return false;
+      backoff.pause(deadline);
     }
+    struct Release {
+      std::atomic<bool>& busy;
+      ~Release() { busy.store(false, std::memory_order_release); }
+    } release{epoch_busy_};
+    backoff.reset();
     // Evictions count in epoch_ while they report. First the other epoch must be empty (it
     // is, unless a caller before us gave up at its deadline; none enter it meanwhile), then
     // flip, so that every eviction already under way is in `old`, and wait for that.
-    Backoff backoff;
     const auto drained = [&](unsigned epoch) {
       while (reporting_[epoch].load(std::memory_order_acquire) != 0) {
         if (deadline && SteadyClock::now() >= *deadline) return false;
@@ -785,7 +789,7 @@ class ShardedQueue {
   SpinLock head_lock_;
   unsigned epoch_ = 0;  // guarded by head_lock_: where evictions count while they report
   std::atomic<std::uint64_t> reporting_[2] = {0, 0};
-  std::timed_mutex epoch_mu_;  // wait_evictions_reported() callers
+  std::atomic<bool> epoch_busy_{false};  // a wait_evictions_reported() caller is in
 };
 
 }  // namespace buffered::detail
