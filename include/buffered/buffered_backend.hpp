@@ -521,7 +521,7 @@ class BufferedBackend {
     parker_.notify_full();
     if (config_.max_buffer_bytes != 0) {
       // Other producer threads' byte reserves may be what is missing: take them back, once.
-      queue_.reclaim_bytes();
+      queue_.reclaim_bytes(bytes);
       result = push_once(lane, bytes, std::forward<Args>(args)...);
       if (result != detail::PushResult::full) return result;
     }
@@ -562,7 +562,7 @@ class BufferedBackend {
       // each check means an idle thread's reserve never keeps this event out.
       const bool ready = space_.wait(
           [this, bytes] {
-            queue_.reclaim_bytes();
+            queue_.reclaim_bytes(bytes);
             return queue_.closed() || queue_.has_space(bytes);
           },
           deadline);

@@ -160,7 +160,7 @@ class ShardedQueue {
       lanes_[i].consumed.store(initial_position, std::memory_order_relaxed);
     }
     credits_.store(static_cast<std::int64_t>(capacity), std::memory_order_relaxed);
-    byte_credits_.store(static_cast<std::int64_t>(max_bytes_), std::memory_order_relaxed);
+    byte_credits_.store(max_bytes_, std::memory_order_relaxed);
     anchor_ = new LaneAnchor(this, &ShardedQueue::release_lane);
     anchor_id_ = anchor_->id();
     fast_id_ = sized_ ? ~std::uint64_t{0} : anchor_id_;  // no thread's cache has id ~0
@@ -263,18 +263,14 @@ class ShardedQueue {
     if (keep_slot) mine.credits = 1;
     std::uint64_t kept_bytes = 0;
     if (max_bytes_ != 0) {
-      const std::int64_t room = mine.byte_room.load(std::memory_order_relaxed);
-      const std::uint64_t has = room > 0 ? static_cast<std::uint64_t>(room) : 0;
+      const std::uint64_t has = mine.byte_room.load(std::memory_order_relaxed);
       kept_bytes = std::min(bytes, need_bytes > has ? need_bytes - has : 0);
-      if (kept_bytes != 0) {
-        mine.byte_room.fetch_add(static_cast<std::int64_t>(kept_bytes), std::memory_order_relaxed);
-      }
+      if (kept_bytes != 0) mine.byte_room.fetch_add(kept_bytes, std::memory_order_relaxed);
     }
     if (shared) shared_.unlock();
     if (!keep_slot) credits_.fetch_add(1, std::memory_order_seq_cst);
     if (bytes != kept_bytes && max_bytes_ != 0) {
-      byte_credits_.fetch_add(static_cast<std::int64_t>(bytes - kept_bytes),
-                              std::memory_order_seq_cst);
+      byte_credits_.fetch_add(bytes - kept_bytes, std::memory_order_seq_cst);
     }
     report(std::move(*victim));
     victim.reset();
@@ -356,20 +352,18 @@ class ShardedQueue {
   // Any thread: whether a refused producer may try again with an element of `bytes`.
   bool has_space(std::uint64_t bytes = 0) const noexcept {
     return credits_.load(std::memory_order_seq_cst) > 0 &&
-           (max_bytes_ == 0 ||
-            byte_credits_.load(std::memory_order_seq_cst) >= static_cast<std::int64_t>(bytes));
+           (max_bytes_ == 0 || byte_credits_.load(std::memory_order_seq_cst) >= bytes);
   }
 
   // Any thread, after a refusal for bytes: takes back the bytes every lane holds in reserve
   // (an idle producer thread's reserve would otherwise keep a large element out for as long as
   // that thread lives). One exchange per lane; never blocks.
-  void reclaim_bytes() noexcept {
-    if (max_bytes_ == 0) return;
+  // Only when the pool lacks `bytes`: a refusal for want of a slot needs no bytes back.
+  void reclaim_bytes(std::uint64_t bytes) noexcept {
+    if (max_bytes_ == 0 || byte_credits_.load(std::memory_order_seq_cst) >= bytes) return;
     for (Lane& lane : lanes_) {
       if (lane.byte_room.load(std::memory_order_relaxed) == 0) continue;
-      // A negative value is a push's reservation under way, about to be undone: adding it keeps
-      // the sum of the pool and the reserves unchanged.
-      const std::int64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
+      const std::uint64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
       if (room != 0) byte_credits_.fetch_add(room, std::memory_order_seq_cst);
     }
   }
@@ -424,7 +418,7 @@ class ShardedQueue {
       position_.store(position_.load(std::memory_order_relaxed) + total, std::memory_order_release);
       // Under the lock: an evictor that finds every lane empty finds their credits back.
       if (max_bytes_ != 0) {
-        byte_credits_.fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_seq_cst);
+        byte_credits_.fetch_add(bytes, std::memory_order_seq_cst);
       }
       credits_.fetch_add(static_cast<std::int64_t>(total), std::memory_order_seq_cst);
     }
@@ -528,9 +522,9 @@ class ShardedQueue {
     std::size_t tail_block = 0;
     std::uint64_t credits = 0;       // reserved from the pool, beyond `room`
     std::uint64_t pushed_bytes = 0;  // what `published_bytes` says
-    // Bytes reserved from the byte pool, unused. Atomic (one uncontended RMW per sized push) so
+    // Bytes reserved from the byte pool, unused. Atomic (one uncontended CAS per sized push) so
     // that reclaim_bytes() can take an idle lane's reserve back.
-    std::atomic<std::int64_t> byte_room{0};
+    std::atomic<std::uint64_t> byte_room{0};
     // The consumer's line.
     alignas(kCacheLine) std::atomic<std::uint64_t> consumed{0};
     std::atomic<std::uint64_t> consumed_bytes{0};
@@ -628,27 +622,33 @@ class ShardedQueue {
   // what it holds and the push is refused, so that with one producer a refusal means the queued
   // bytes leave no room (and a blocked producer can wait on the pool alone).
   [[gnu::always_inline]] bool reserve_bytes(Lane& lane, std::uint64_t bytes) noexcept {
-    const auto b = static_cast<std::int64_t>(bytes);
+    std::uint64_t room = lane.byte_room.load(std::memory_order_relaxed);
     for (;;) {
-      if (lane.byte_room.fetch_sub(b, std::memory_order_acq_rel) >= b) [[likely]]
+      if (room < bytes) {
+        if (!refill_bytes(lane, bytes)) return false;
+        room = lane.byte_room.load(std::memory_order_relaxed);
+        continue;
+      }
+      // A CAS, not a store: reclaim_bytes() may have taken the reserve meanwhile.
+      if (lane.byte_room.compare_exchange_weak(room, room - bytes, std::memory_order_acq_rel,
+                                               std::memory_order_relaxed)) [[likely]] {
         return true;
-      lane.byte_room.fetch_add(b, std::memory_order_relaxed);  // undo; refill, then again
-      if (!refill_bytes(lane, bytes)) return false;
+      }
     }
   }
 
   [[gnu::noinline]] bool refill_bytes(Lane& lane, std::uint64_t bytes) noexcept {
-    const std::int64_t room = lane.byte_room.load(std::memory_order_relaxed);
-    const std::int64_t need = static_cast<std::int64_t>(bytes) - std::max<std::int64_t>(room, 0);
-    std::int64_t available = byte_credits_.load(std::memory_order_relaxed);
-    std::int64_t take = 0;
+    const std::uint64_t room = lane.byte_room.load(std::memory_order_relaxed);
+    const std::uint64_t need = bytes > room ? bytes - room : 0;
+    std::uint64_t available = byte_credits_.load(std::memory_order_relaxed);
+    std::uint64_t take = 0;
     do {
       if (available < need) {
-        const std::int64_t back = lane.byte_room.exchange(0, std::memory_order_acq_rel);
+        const std::uint64_t back = lane.byte_room.exchange(0, std::memory_order_acq_rel);
         if (back != 0) byte_credits_.fetch_add(back, std::memory_order_seq_cst);
         return false;
       }
-      take = std::min(available, std::max(need, static_cast<std::int64_t>(byte_chunk_)));
+      take = std::min(available, std::max(need, byte_chunk_));
     } while (!byte_credits_.compare_exchange_weak(
         available, available - take, std::memory_order_seq_cst, std::memory_order_relaxed));
     lane.byte_room.fetch_add(take, std::memory_order_relaxed);
@@ -742,7 +742,7 @@ class ShardedQueue {
       lane.credits = 0;
       lane.room = 0;
     }
-    if (const std::int64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
+    if (const std::uint64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
         room != 0) {
       self->byte_credits_.fetch_add(room, std::memory_order_seq_cst);
     }
@@ -774,7 +774,7 @@ class ShardedQueue {
   std::atomic<SteadyClock::rep> closed_at_{0};
 
   alignas(kCacheLine) std::atomic<std::int64_t> credits_{0};
-  alignas(kCacheLine) std::atomic<std::int64_t> byte_credits_{0};  // < 0 briefly: see reclaim
+  alignas(kCacheLine) std::atomic<std::uint64_t> byte_credits_{0};
   alignas(kCacheLine) std::atomic<unsigned> active_{0};
   std::atomic<bool> shared_used_{false};
   SpinLock shared_;
