@@ -125,13 +125,18 @@ class BufferedBackend {
         config_(validated(config)),
         byte_size_(std::move(byte_size)),
         report_(std::move(on_error), this),
-        queue_(config_.buffer_size, detail::test_hooks::start_position()),
+        sized_(config_.max_buffer_bytes != 0 || config_.max_batch_bytes != 0),
+        max_event_bytes_(max_event_bytes(config_)),
+        queue_(config_.buffer_size, detail::test_hooks::start_position(),
+               detail::QueueOptions{config_.max_buffer_bytes, sized_,
+                                    config_.overflow == OverflowPolicy::drop_oldest}),
         completion_(config_.async_delegate ? config_.max_in_flight : 0),
         bucket_(make_bucket(config_)),
         delivery_(delegate_, report_, counters_, stop_, bucket_.get(), config_.retry, this),
         worker_({queue_, parker_, space_, completion_, stop_, counters_, delivery_, report_},
-                std::min(config_.max_batch_size, config_.buffer_size), config_.max_batch_wait,
-                config_.async_delegate ? config_.max_in_flight : 0, this, [this] {
+                std::min(config_.max_batch_size, config_.buffer_size), config_.max_batch_bytes,
+                config_.max_batch_wait, config_.async_delegate ? config_.max_in_flight : 0, this,
+                [this] {
                   flush_gate_.close_and_wait();  // no delegate.flush() from here on
                   shutdown_delegate();
                 }) {}
@@ -327,6 +332,9 @@ class BufferedBackend {
     s.in_flight = counters_.in_flight.load(std::memory_order_relaxed);
     s.retries = counters_.retries.load(std::memory_order_relaxed);
     s.pending = counters_.pending.load(std::memory_order_relaxed);
+    s.evicted = queue_.evicted();
+    s.rejected_too_large = rejected_too_large_.load(std::memory_order_relaxed);
+    s.queued_bytes = static_cast<std::size_t>(queue_.queued_bytes());
     return s;
   }
 
@@ -404,6 +412,14 @@ class BufferedBackend {
     return c;
   }
 
+  // The largest event a config admits: above either byte bound it is too_large.
+  static std::uint64_t max_event_bytes(const BatchConfig& c) {
+    std::uint64_t m = ~std::uint64_t{0};
+    if (c.max_buffer_bytes != 0) m = std::min<std::uint64_t>(m, c.max_buffer_bytes);
+    if (c.max_batch_bytes != 0) m = std::min<std::uint64_t>(m, c.max_batch_bytes);
+    return m;
+  }
+
   static std::unique_ptr<TokenBucket<Clock>> make_bucket(const BatchConfig& c) {
     if (!c.throttle) return nullptr;
     return std::make_unique<TokenBucket<Clock>>(c.throttle->qps, c.throttle->burst);
@@ -436,41 +452,101 @@ class BufferedBackend {
   }
 
   // ---- producer side ----
+  using LaneHandle = typename detail::ShardedQueue<Event>::LaneHandle;
 
+  // Without byte bounds the queue's fast path takes the event; with them, try_emplace answers
+  // `sized` (taking nothing) and offer_refused() goes the sized way, so the common path pays no
+  // test for the feature.
   template <class... Args>
   [[gnu::always_inline]] detail::PushResult offer(Args&&... args) {
-    typename detail::ShardedQueue<Event>::LaneHandle lane = nullptr;
+    LaneHandle lane = nullptr;
     const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
     if (result == detail::PushResult::ok) [[likely]] {
       parker_.notify_published([&] { return queue_.queued(lane); });
       return result;
     }
-    return offer_refused(result, std::forward<Args>(args)...);  // nothing was moved from args
+    return offer_refused(result, lane, 0, std::forward<Args>(args)...);  // nothing was moved
   }
 
+  // With a byte bound: the event's size is taken once, here.
+  template <class E>
+  [[gnu::noinline]] detail::PushResult offer_sized(E&& event) {
+    const std::uint64_t bytes = byte_size_ ? byte_size_(std::as_const(event)) : sizeof(Event);
+    if (bytes > max_event_bytes_) return detail::PushResult::too_large;
+    LaneHandle lane = nullptr;
+    const detail::PushResult result = push_once(lane, bytes, std::forward<E>(event));
+    if (result == detail::PushResult::ok) return result;
+    return offer_refused(result, lane, bytes, std::forward<E>(event));
+  }
+
+  // One push (sized or not) and, if it succeeded, the wake-up check. Moves from `args` only
+  // when it succeeds.
   template <class... Args>
-  [[gnu::noinline]] detail::PushResult offer_refused(detail::PushResult result, Args&&... args) {
-    if (result != detail::PushResult::full) return result;
-    parker_.notify_full();
-    if (config_.overflow == OverflowPolicy::block && !on_own_thread()) {
-      return offer_blocking(std::forward<Args>(args)...);
+  detail::PushResult push_once(LaneHandle& lane, std::uint64_t bytes, Args&&... args) {
+    if (!sized_) {
+      const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
+      if (result == detail::PushResult::ok) {
+        parker_.notify_published([&] { return queue_.queued(lane); });
+      }
+      return result;
+    }
+    const detail::PushResult result =
+        queue_.try_emplace_sized(lane, bytes, std::forward<Args>(args)...);
+    if (result == detail::PushResult::ok) {
+      parker_.notify_published_sized([&] { return queue_.queued(lane); },
+                                     [&] { return queue_.queued_bytes(lane); });
     }
     return result;
   }
 
   template <class... Args>
-  detail::PushResult offer_blocking(Args&&... args) {
+  [[gnu::noinline]] detail::PushResult offer_refused(detail::PushResult result, LaneHandle lane,
+                                                     std::uint64_t bytes, Args&&... args) {
+    if (result == detail::PushResult::sized) return offer_sized(std::forward<Args>(args)...);
+    if (result != detail::PushResult::full) return result;
+    parker_.notify_full();
+    if (config_.overflow == OverflowPolicy::drop_oldest) {
+      return offer_evicting(lane, bytes, std::forward<Args>(args)...);
+    }
+    if (config_.overflow == OverflowPolicy::block && !on_own_thread()) {
+      return offer_blocking(bytes, std::forward<Args>(args)...);
+    }
+    return result;
+  }
+
+  // drop_oldest: evict one queued event at a time (reported on this thread, with no lock held)
+  // until the new one fits. When nothing is left to evict, the consumer may just have taken it
+  // all (its credits are then back): one more try. Full only if that fails too, which takes
+  // several producers (credits they reserved) or a concurrent one that took the space.
+  template <class... Args>
+  detail::PushResult offer_evicting(LaneHandle lane, std::uint64_t bytes, Args&&... args) {
+    for (bool evicted_last = true;;) {
+      std::optional<Event> victim;
+      const bool evicted = queue_.evict_oldest(
+          lane, [&victim](Event&& e) noexcept { victim.emplace(std::move(e)); });
+      if (evicted) {
+        report_(ErrorKind::evicted, std::span<const Event>(&*victim, 1));
+        victim.reset();
+      } else if (!evicted_last || queue_.closed()) {
+        return queue_.closed() ? detail::PushResult::closed : detail::PushResult::full;
+      }
+      evicted_last = evicted;
+      // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
+      const detail::PushResult result = push_once(lane, bytes, std::forward<Args>(args)...);
+      if (result != detail::PushResult::full) return result;
+    }
+  }
+
+  template <class... Args>
+  detail::PushResult offer_blocking(std::uint64_t bytes, Args&&... args) {
     const auto deadline = detail::deadline_after(Clock::now(), config_.block_timeout);
     for (;;) {
-      const bool ready =
-          space_.wait([this] { return queue_.closed() || queue_.has_space(); }, deadline);
-      typename detail::ShardedQueue<Event>::LaneHandle lane = nullptr;
+      const bool ready = space_.wait(
+          [this, bytes] { return queue_.closed() || queue_.has_space(bytes); }, deadline);
+      LaneHandle lane = nullptr;
       // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
-      const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
-      if (result == detail::PushResult::ok) {
-        parker_.notify_published([&] { return queue_.queued(lane); });
-        return result;
-      }
+      const detail::PushResult result = push_once(lane, bytes, std::forward<Args>(args)...);
+      if (result == detail::PushResult::ok) return result;
       if (result == detail::PushResult::closed) return result;
       parker_.notify_full();
       if (!ready && deadline && Clock::now() >= *deadline) return result;
@@ -487,16 +563,28 @@ class BufferedBackend {
   }
 
   void refuse(detail::PushResult result, std::span<const Event> events) {
-    const bool full = result == detail::PushResult::full;
-    (full ? rejected_full_ : rejected_shut_down_)
-        .fetch_add(events.size(), std::memory_order_relaxed);
-    report_(full ? ErrorKind::buffer_full : ErrorKind::shut_down, events);
+    switch (result) {
+      case detail::PushResult::full:
+        rejected_full_.fetch_add(events.size(), std::memory_order_relaxed);
+        report_(ErrorKind::buffer_full, events);
+        break;
+      case detail::PushResult::too_large:
+        rejected_too_large_.fetch_add(events.size(), std::memory_order_relaxed);
+        report_(ErrorKind::too_large, events);
+        break;
+      default:
+        rejected_shut_down_.fetch_add(events.size(), std::memory_order_relaxed);
+        report_(ErrorKind::shut_down, events);
+        break;
+    }
   }
 
   Delegate delegate_;
   const BatchConfig config_;
   const byte_size_function byte_size_;
   const detail::Reporter<Event> report_;
+  const bool sized_;                     // a byte bound is set: events carry their size
+  const std::uint64_t max_event_bytes_;  // larger events are too_large
   detail::ShardedQueue<Event> queue_;
   detail::Parker parker_;
   detail::SpaceWaiters space_;
@@ -511,6 +599,7 @@ class BufferedBackend {
   // Producer-side counters, on their own line.
   alignas(detail::kCacheLine) std::atomic<std::uint64_t> rejected_full_{0};
   std::atomic<std::uint64_t> rejected_shut_down_{0};
+  std::atomic<std::uint64_t> rejected_too_large_{0};
 
   mutable std::mutex life_mu_;
   std::condition_variable life_cv_;  // run() callers wait here while another one is starting

@@ -32,8 +32,10 @@ class Parker {
   using Clock = std::chrono::steady_clock;
   static constexpr std::uint64_t kDisarmed = ~std::uint64_t{0};
 
-  // Consumer. Never blocks.
-  void arm(std::uint64_t threshold) noexcept {
+  // Consumer. Never blocks. `byte_threshold`: also wake once some lane holds that many bytes
+  // (sized queues; producers check it with notify_published_sized).
+  void arm(std::uint64_t threshold, std::uint64_t byte_threshold = kDisarmed) noexcept {
+    wake_bytes_.store(byte_threshold, std::memory_order_relaxed);  // published by wake_at_
     wake_at_.store(threshold, std::memory_order_seq_cst);
   }
   void disarm() noexcept { wake_at_.store(kDisarmed, std::memory_order_relaxed); }
@@ -47,6 +49,15 @@ class Parker {
     if (wake_at == kDisarmed) [[likely]]
       return;
     if (queued() < wake_at) return;
+    disarm_and_signal(wake_at);
+  }
+
+  // As notify_published, for a sized queue: `queued_bytes()` tells how many bytes the lane holds.
+  template <class Queued, class QueuedBytes>
+  void notify_published_sized(Queued queued, QueuedBytes queued_bytes) {
+    std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
+    if (wake_at == kDisarmed) return;
+    if (queued() < wake_at && queued_bytes() < wake_bytes_.load(std::memory_order_relaxed)) return;
     disarm_and_signal(wake_at);
   }
 
@@ -92,6 +103,7 @@ class Parker {
   }
 
   alignas(kCacheLine) std::atomic<std::uint64_t> wake_at_{kDisarmed};
+  std::atomic<std::uint64_t> wake_bytes_{kDisarmed};
   alignas(kCacheLine) std::mutex mu_;
   std::condition_variable cv_;
   bool signaled_ = false;

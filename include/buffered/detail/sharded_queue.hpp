@@ -23,7 +23,24 @@
 
 namespace buffered::detail {
 
-enum class PushResult { ok, full, closed };
+// too_large: the caller's own check. sized: a sized queue's try_emplace, which takes nothing:
+// use try_emplace_sized.
+enum class PushResult { ok, full, closed, too_large, sized };
+
+// What a queue counts besides events (BatchConfig's byte bounds and drop_oldest).
+struct QueueOptions {
+  std::size_t max_bytes =
+      0;                  // 0: no byte bound; else the queued elements' sizes sum to at most this
+  bool sized = false;     // elements carry a byte size (push_sized; needed by max_bytes)
+  bool evicting = false;  // evict_oldest() may run beside the consumer
+};
+
+// The consumer's byte budget for one pop (max_batch_bytes): elements are taken while their sizes
+// fit in `left`; `stopped` says the next one did not.
+struct ByteBudget {
+  std::uint64_t left = 0;
+  bool stopped = false;
+};
 
 // A lock held for a few instructions (the free-block list, the shared lane). Never throws:
 // it spins briefly, then yields, so a holder that was pre-empted costs little.
@@ -61,7 +78,20 @@ class SpinLock {
 // the consumer takes each producer thread's events in the order it pushed them. Between lanes
 // it goes round-robin: there is no order across producer threads.
 //
-// Memory: capacity + (3 * kLanes + 1) * block() slots, block() <= capacity / 108 + 1.
+// Bytes (QueueOptions::max_bytes). Elements pushed with push_sized() carry a size; a second pool
+// of `max_bytes` byte credits works like the first, in chunks of up to max_bytes / 72 (a chunk,
+// or exactly what the element lacks if that is more), so the same bounds hold for bytes: exact
+// with one producer thread (a refused lane gives its unused bytes back at once), and with several
+// at most 1/8 of max_bytes reserved but unused in other lanes.
+//
+// Eviction (QueueOptions::evicting). evict_oldest() lets a refused producer take the oldest
+// element of its own lane, or of the other lanes in turn when its own is empty, and keep the
+// credits that frees. The consumer and the evictors then take elements out under one spin lock
+// (`head_lock_`), held per pop or per eviction, so an element is either evicted or consumed,
+// never both, and never once the consumer has taken it.
+//
+// Memory: capacity + (3 * kLanes + 1) * block() slots, block() <= capacity / 108 + 1, and as
+// many sizes when sized.
 //
 // Memory ordering:
 // - A push constructs the element, then stores the lane's `published` count with release; the
@@ -100,18 +130,24 @@ class ShardedQueue {
   // Allocates every block and the lane anchor (std::bad_alloc reaches the caller). Not
   // thread-safe (construction). `initial_position` is where consumer positions start (tests
   // start it near the wrap).
-  explicit ShardedQueue(std::size_t capacity, std::uint64_t initial_position = 0)
+  explicit ShardedQueue(std::size_t capacity, std::uint64_t initial_position = 0,
+                        QueueOptions options = {})
       : capacity_(capacity),
         block_(std::clamp<std::size_t>(capacity / (12 * kLanes), 1, 256)),
         chunk_(std::clamp<std::size_t>(capacity / (8 * kLanes), 1, 256)),
         blocks_((capacity + block_ - 1) / block_ + 3 * kLanes + 1),
         initial_position_(initial_position),
+        max_bytes_(options.max_bytes),
+        byte_chunk_(std::max<std::uint64_t>(options.max_bytes / (8 * kLanes), 1)),
+        sized_(options.sized || options.max_bytes != 0),
+        evicting_(options.evicting),
         position_(initial_position) {
     if (capacity == 0 || capacity > (std::size_t{1} << 40)) {
       throw std::invalid_argument("ShardedQueue: capacity must be in [1, 2^40]");
     }
     slots_.reset(new Slot[blocks_ * block_]);  // not zeroed: pages are touched as lanes fill
     next_ = std::make_unique<std::atomic<std::size_t>[]>(blocks_);
+    if (sized_) sizes_.reset(new std::uint64_t[blocks_ * block_]);
     free_.reserve(blocks_);
     for (std::size_t b = blocks_; b-- > kLanes;) free_.push_back(b);
     for (unsigned i = 0; i < kLanes; ++i) {
@@ -123,8 +159,10 @@ class ShardedQueue {
       lanes_[i].consumed.store(initial_position, std::memory_order_relaxed);
     }
     credits_.store(static_cast<std::int64_t>(capacity), std::memory_order_relaxed);
+    byte_credits_.store(max_bytes_, std::memory_order_relaxed);
     anchor_ = new LaneAnchor(this, &ShardedQueue::release_lane);
     anchor_id_ = anchor_->id();
+    fast_id_ = sized_ ? ~std::uint64_t{0} : anchor_id_;  // no thread's cache has id ~0
   }
 
   ShardedQueue(const ShardedQueue&) = delete;
@@ -158,12 +196,81 @@ class ShardedQueue {
                   "ShardedQueue::try_emplace: construct the element before pushing it when its "
                   "constructor can throw");
     const LaneCache& cache = lane_cache;
-    if (cache.id == anchor_id_) [[likely]] {  // only exclusive lanes are cached
+    if (cache.id == fast_id_) [[likely]] {  // only exclusive lanes are cached
       Lane* lane = static_cast<Lane*>(cache.lane);
       lane_out = lane;
-      return push(*lane, std::forward<Args>(args)...);
+      return push(*lane, 0, std::forward<Args>(args)...);
     }
     return try_emplace_slow(lane_out, std::forward<Args>(args)...);
+  }
+
+  // As try_emplace, for a sized queue: the element counts `bytes` (refused, `full`, when they do
+  // not fit in what max_bytes leaves; the caller refuses an element larger than max_bytes).
+  template <class... Args>
+  PushResult try_emplace_sized(LaneHandle& lane_out, std::uint64_t bytes, Args&&... args) noexcept {
+    Lane* lane = nullptr;
+    const LaneCache& cache = lane_cache;
+    if (cache.id == anchor_id_) {
+      lane = static_cast<Lane*>(cache.lane);
+    } else {
+      lane = register_thread();
+    }
+    lane_out = lane;
+    if (lane != &lanes_[kSharedLane]) return push<true>(*lane, bytes, std::forward<Args>(args)...);
+    shared_.lock();
+    const PushResult result = push<true>(*lane, bytes, std::forward<Args>(args)...);
+    shared_.unlock();
+    return result;
+  }
+
+  // Producer of `own`, refused for want of space (evicting queues only): removes the oldest
+  // element of its own lane, or if that is empty of the other lanes in turn (starting where the
+  // consumer goes next), moves it into `out(T&&)` and gives the count and bytes it frees to
+  // `own`, so the producer's next push can use them. Returns false, taking nothing, when nothing
+  // is queued or the queue is closed. Blocks only on the spin lock it shares with the consumer.
+  // `out` must not throw.
+  template <class Out>
+  bool evict_oldest(LaneHandle own, Out&& out) noexcept {
+    Lane& mine = const_cast<Lane&>(*own);
+    std::uint64_t bytes = 0;
+    bool took = false;
+    head_lock_.lock();
+    if (!closed()) {
+      for (unsigned k = 0; k <= kLanes && !took; ++k) {
+        Lane& lane = k == 0 ? mine : lanes_[(start_lane_ + k - 1) % kLanes];
+        if (lane.published.load(std::memory_order_acquire) ==
+            lane.consumed.load(std::memory_order_relaxed)) {
+          continue;
+        }
+        evicted_.fetch_add(1, std::memory_order_relaxed);  // before `consumed` is published
+        auto one = [&out](T* first, std::size_t) { out(std::move(*first)); };
+        pop_lane(lane, 1, one, nullptr, bytes);
+        took = true;
+      }
+    }
+    head_lock_.unlock();
+    if (!took) return false;
+    const bool shared = &mine == &lanes_[kSharedLane];
+    if (shared) shared_.lock();
+    mine.credits += 1;
+    if (max_bytes_ != 0) mine.byte_room += bytes;
+    if (shared) shared_.unlock();
+    return true;
+  }
+
+  // Any thread: elements removed by evict_oldest() so far.
+  std::uint64_t evicted() const noexcept { return evicted_.load(std::memory_order_relaxed); }
+
+  // Any thread: the byte sizes of the queued elements (0 unless sized).
+  std::uint64_t queued_bytes() const noexcept {
+    if (!sized_) return 0;
+    std::uint64_t n = 0;
+    for (const Lane& lane : lanes_) {
+      const std::uint64_t p = lane.published_bytes.load(std::memory_order_acquire);
+      const std::uint64_t c = lane.consumed_bytes.load(std::memory_order_acquire);
+      if (c <= p) n += p - c;  // c read later may be past p: then nothing is queued
+    }
+    return max_bytes_ != 0 ? std::min<std::uint64_t>(n, max_bytes_) : n;
   }
 
   // Any thread: events in `lane` not yet taken by the consumer.
@@ -172,8 +279,17 @@ class ShardedQueue {
            lane->consumed.load(std::memory_order_relaxed);
   }
 
-  // Any thread: whether a refused producer may try again (credits are back, or it is closed).
-  bool has_space() const noexcept { return credits_.load(std::memory_order_seq_cst) > 0; }
+  // Any thread: bytes queued in `lane` (sized queues).
+  std::uint64_t queued_bytes(LaneHandle lane) const noexcept {
+    return lane->published_bytes.load(std::memory_order_relaxed) -
+           lane->consumed_bytes.load(std::memory_order_relaxed);
+  }
+
+  // Any thread: whether a refused producer may try again with an element of `bytes`.
+  bool has_space(std::uint64_t bytes = 0) const noexcept {
+    return credits_.load(std::memory_order_seq_cst) > 0 &&
+           (max_bytes_ == 0 || byte_credits_.load(std::memory_order_seq_cst) >= bytes);
+  }
 
   // Any thread, idempotent. Refuses every push that starts after it returns; pushes under way
   // may still complete (drained() waits for them).
@@ -190,7 +306,7 @@ class ShardedQueue {
   // (`out` aside); `out` must not throw.
   template <class Out>
   std::size_t pop(std::size_t max, Out&& out) noexcept {
-    return pop_runs(max, [&out](T* first, std::size_t n) {
+    return pop_runs(max, nullptr, [&out](T* first, std::size_t n) {
       for (std::size_t i = 0; i < n; ++i) out(std::move(first[i]));
     });
   }
@@ -199,8 +315,8 @@ class ShardedQueue {
   // once (one memmove when T is trivially copyable). `batch` must have room for them reserved, so
   // this never allocates.
   template <class Vector>
-  std::size_t pop_into(std::size_t max, Vector& batch) noexcept {
-    return pop_runs(max, [&batch](T* first, std::size_t n) {
+  std::size_t pop_into(std::size_t max, Vector& batch, ByteBudget* budget = nullptr) noexcept {
+    return pop_runs(max, budget, [&batch](T* first, std::size_t n) {
       if constexpr (std::is_trivially_copyable_v<T>) {
         batch.insert(batch.end(), first, first + n);  // one memmove
       } else {
@@ -210,18 +326,24 @@ class ShardedQueue {
   }
 
   // Consumer only: moves up to `max` elements out as contiguous runs, `take(first, n)`, then
-  // destroys them.
+  // destroys them. With a `budget` (sized queues) it stops before the first element whose size
+  // does not fit in what is left of it.
   template <class Take>
-  std::size_t pop_runs(std::size_t max, Take&& take) noexcept {
+  std::size_t pop_runs(std::size_t max, ByteBudget* budget, Take&& take) noexcept {
+    if (evicting_) head_lock_.lock();
     std::size_t total = 0;
-    for (unsigned k = 0; k < kLanes && total < max; ++k) {
-      total += pop_lane(lanes_[(start_lane_ + k) % kLanes], max - total, take);
+    std::uint64_t bytes = 0;
+    for (unsigned k = 0; k < kLanes && total < max && !(budget && budget->stopped); ++k) {
+      total += pop_lane(lanes_[(start_lane_ + k) % kLanes], max - total, take, budget, bytes);
     }
     start_lane_ = (start_lane_ + 1) % kLanes;
     if (total != 0) {
       position_.store(position_.load(std::memory_order_relaxed) + total, std::memory_order_release);
+      // Under the lock: an evictor that finds every lane empty finds their credits back.
+      if (max_bytes_ != 0) byte_credits_.fetch_add(bytes, std::memory_order_seq_cst);
       credits_.fetch_add(static_cast<std::int64_t>(total), std::memory_order_seq_cst);
     }
+    if (evicting_) head_lock_.unlock();
     return total;
   }
 
@@ -229,12 +351,17 @@ class ShardedQueue {
   std::uint64_t position() const noexcept { return position_.load(std::memory_order_acquire); }
   std::uint64_t initial_position() const noexcept { return initial_position_; }
 
-  // Consumer: some lane holds at least `n` events (n >= 1).
-  bool any_reached(std::uint64_t n) const noexcept {
+  // Consumer: some lane holds at least `n` events (n >= 1), or at least `bytes` bytes.
+  bool any_reached(std::uint64_t n, std::uint64_t bytes = ~std::uint64_t{0}) const noexcept {
     for (const Lane& lane : lanes_) {
       if (lane.published.load(std::memory_order_acquire) -
               lane.consumed.load(std::memory_order_relaxed) >=
           n) {
+        return true;
+      }
+      if (sized_ && lane.published_bytes.load(std::memory_order_acquire) -
+                            lane.consumed_bytes.load(std::memory_order_relaxed) >=
+                        bytes) {
         return true;
       }
     }
@@ -305,6 +432,8 @@ class ShardedQueue {
   struct Lane {
     // The line the consumer polls; the producer only stores to it.
     alignas(kCacheLine) std::atomic<std::uint64_t> published{0};  // events pushed
+    std::atomic<std::uint64_t> published_bytes{
+        0};  // their sizes (sized), stored before `published`
     // The producer's own line (the owner's, or guarded by shared_ for the shared lane); only
     // drained() looks at `busy` from elsewhere.
     alignas(kCacheLine) std::atomic<bool> busy{false};  // a push is under way
@@ -312,9 +441,12 @@ class ShardedQueue {
     T* tail = nullptr;     // where the next element goes (in tail_block)
     std::size_t room = 0;  // pushes before the next refill(): credits that fit the block
     std::size_t tail_block = 0;
-    std::uint64_t credits = 0;  // reserved from the pool, beyond `room`
+    std::uint64_t credits = 0;       // reserved from the pool, beyond `room`
+    std::uint64_t pushed_bytes = 0;  // what `published_bytes` says
+    std::uint64_t byte_room = 0;     // bytes reserved from the byte pool, unused
     // The consumer's line.
     alignas(kCacheLine) std::atomic<std::uint64_t> consumed{0};
+    std::atomic<std::uint64_t> consumed_bytes{0};
     std::size_t head_block = 0;
     std::size_t head_index = 0;
     // Who holds the lane (exclusive lanes).
@@ -325,8 +457,8 @@ class ShardedQueue {
     return std::launder(reinterpret_cast<T*>(slots_[block * block_ + index].storage));
   }
 
-  template <class... Args>
-  [[gnu::always_inline]] PushResult push(Lane& lane, Args&&... args) noexcept {
+  template <bool kSized = false, class... Args>
+  [[gnu::always_inline]] PushResult push(Lane& lane, std::uint64_t bytes, Args&&... args) noexcept {
     lane.busy.store(true, std::memory_order_relaxed);  // see "Memory ordering"
     std::atomic_signal_fence(std::memory_order_seq_cst);
     if (closed_.load(std::memory_order_acquire)) [[unlikely]] {
@@ -337,11 +469,23 @@ class ShardedQueue {
       lane.busy.store(false, std::memory_order_relaxed);
       return PushResult::full;
     }
+    if constexpr (kSized) {
+      if (max_bytes_ != 0 && lane.byte_room < bytes && !refill_bytes(lane, bytes)) {
+        lane.busy.store(false, std::memory_order_relaxed);
+        return PushResult::full;
+      }
+    }
     test_hooks::on_claimed(lane.pushed);
     T* const at = lane.tail;
     ::new (static_cast<void*>(at)) T(std::forward<Args>(args)...);
     lane.tail = at + 1;
     --lane.room;
+    if constexpr (kSized) {
+      sizes_[static_cast<std::size_t>(at - slot(0, 0))] = bytes;
+      if (max_bytes_ != 0) lane.byte_room -= bytes;
+      lane.pushed_bytes += bytes;
+      lane.published_bytes.store(lane.pushed_bytes, std::memory_order_relaxed);  // see `published`
+    }
     lane.published.store(++lane.pushed, std::memory_order_release);
     lane.busy.store(false, std::memory_order_release);
     return PushResult::ok;
@@ -350,11 +494,12 @@ class ShardedQueue {
   // The first push of a thread, and every push to the shared lane.
   template <class... Args>
   [[gnu::noinline]] PushResult try_emplace_slow(LaneHandle& lane_out, Args&&... args) noexcept {
+    if (sized_) return PushResult::sized;  // so the fast path needs no test of its own
     Lane* lane = register_thread();
     lane_out = lane;
-    if (lane != &lanes_[kSharedLane]) return push(*lane, std::forward<Args>(args)...);
+    if (lane != &lanes_[kSharedLane]) return push(*lane, 0, std::forward<Args>(args)...);
     shared_.lock();
-    const PushResult result = push(*lane, std::forward<Args>(args)...);
+    const PushResult result = push(*lane, 0, std::forward<Args>(args)...);
     shared_.unlock();
     return result;
   }
@@ -392,11 +537,37 @@ class ShardedQueue {
     return true;
   }
 
+  // Takes from the byte pool what the lane lacks for `bytes` (at least a chunk when there is
+  // one). If the pool has too little, the lane gives back what it holds, so that with one
+  // producer a refusal means the queued bytes leave no room (and a blocked producer can wait on
+  // the pool alone).
+  [[gnu::noinline]] bool refill_bytes(Lane& lane, std::uint64_t bytes) noexcept {
+    const std::uint64_t need = bytes - lane.byte_room;
+    std::uint64_t available = byte_credits_.load(std::memory_order_relaxed);
+    std::uint64_t take = 0;
+    do {
+      if (available < need) {
+        if (lane.byte_room != 0) {
+          byte_credits_.fetch_add(lane.byte_room, std::memory_order_seq_cst);
+          lane.byte_room = 0;
+        }
+        return false;
+      }
+      take = std::min(available, std::max(need, byte_chunk_));
+    } while (!byte_credits_.compare_exchange_weak(
+        available, available - take, std::memory_order_seq_cst, std::memory_order_relaxed));
+    lane.byte_room += take;
+    return true;
+  }
+
+  // Moves up to `max` elements of `lane` out (see pop_runs) and adds their sizes to `bytes`.
   template <class Take>
-  std::size_t pop_lane(Lane& lane, std::size_t max, Take& take) noexcept {
+  std::size_t pop_lane(Lane& lane, std::size_t max, Take& take, ByteBudget* budget,
+                       std::uint64_t& bytes) noexcept {
     const std::uint64_t end = lane.published.load(std::memory_order_acquire);
     const std::uint64_t c = lane.consumed.load(std::memory_order_relaxed);
-    const std::uint64_t n = std::min<std::uint64_t>(end - c, max);
+    std::uint64_t n = std::min<std::uint64_t>(end - c, max);
+    std::uint64_t lane_bytes = 0;
     for (std::uint64_t done = 0; done < n;) {
       if (lane.head_index == block_) {
         const std::size_t next = next_[lane.head_block].load(std::memory_order_relaxed);
@@ -406,15 +577,38 @@ class ShardedQueue {
         lane.head_block = next;
         lane.head_index = 0;
       }
-      const std::size_t run =
+      std::size_t run =
           static_cast<std::size_t>(std::min<std::uint64_t>(n - done, block_ - lane.head_index));
       T* first = slot(lane.head_block, lane.head_index);
+      if (sized_) {
+        const std::uint64_t* size = &sizes_[lane.head_block * block_ + lane.head_index];
+        for (std::size_t i = 0; i < run; ++i) {
+          if (budget != nullptr) {
+            if (size[i] > budget->left) {
+              budget->stopped = true;
+              run = i;
+              n = done + i;
+              break;
+            }
+            budget->left -= size[i];
+          }
+          lane_bytes += size[i];
+        }
+        if (run == 0) break;
+      }
       take(first, run);
       std::destroy_n(first, run);
       lane.head_index += run;
       done += run;
     }
-    if (n != 0) lane.consumed.store(c + n, std::memory_order_release);
+    if (n != 0) {
+      if (sized_) {
+        lane.consumed_bytes.store(lane.consumed_bytes.load(std::memory_order_relaxed) + lane_bytes,
+                                  std::memory_order_relaxed);
+        bytes += lane_bytes;
+      }
+      lane.consumed.store(c + n, std::memory_order_release);
+    }
     return static_cast<std::size_t>(n);
   }
 
@@ -453,6 +647,10 @@ class ShardedQueue {
       lane.credits = 0;
       lane.room = 0;
     }
+    if (lane.byte_room != 0) {
+      self->byte_credits_.fetch_add(lane.byte_room, std::memory_order_seq_cst);
+      lane.byte_room = 0;
+    }
     self->active_.fetch_sub(1, std::memory_order_relaxed);
     lane.owned.store(false, std::memory_order_release);
   }
@@ -463,10 +661,16 @@ class ShardedQueue {
   const std::size_t chunk_;
   const std::size_t blocks_;
   const std::uint64_t initial_position_;
+  const std::uint64_t max_bytes_;
+  const std::uint64_t byte_chunk_;
+  const bool sized_;
+  const bool evicting_;
   std::unique_ptr<Slot[]> slots_;
+  std::unique_ptr<std::uint64_t[]> sizes_;  // per slot, when sized_
   std::unique_ptr<std::atomic<std::size_t>[]> next_;
   LaneAnchor* anchor_ = nullptr;
   std::uint64_t anchor_id_ = 0;  // set in the constructor body, before any push
+  std::uint64_t fast_id_ = 0;    // what try_emplace's fast path matches: never, when sized
 
   std::array<Lane, kLanes> lanes_;
 
@@ -475,6 +679,7 @@ class ShardedQueue {
   std::atomic<SteadyClock::rep> closed_at_{0};
 
   alignas(kCacheLine) std::atomic<std::int64_t> credits_{0};
+  alignas(kCacheLine) std::atomic<std::uint64_t> byte_credits_{0};
   alignas(kCacheLine) std::atomic<unsigned> active_{0};
   std::atomic<bool> shared_used_{false};
   SpinLock shared_;
@@ -482,9 +687,11 @@ class ShardedQueue {
   alignas(kCacheLine) SpinLock free_lock_;
   std::vector<std::size_t> free_;  // guarded by free_lock_; capacity for every block
 
-  // The consumer's own.
+  // The consumer's own (and the evictors', under head_lock_ when evicting_).
   alignas(kCacheLine) std::atomic<std::uint64_t> position_;
   unsigned start_lane_ = 0;
+  std::atomic<std::uint64_t> evicted_{0};
+  SpinLock head_lock_;
 };
 
 }  // namespace buffered::detail

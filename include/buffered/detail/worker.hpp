@@ -1,6 +1,7 @@
 // The batching worker: takes events out of the queue into batches and dispatches them.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -33,12 +34,13 @@ namespace buffered::detail {
 //   - past a stop deadline: abandon the batch and everything queued, and finish;
 //   - a flush request whose events are all taken: dispatch the batch and tell the flushers
 //     which offset to wait for;
-//   - batch full, or its first event has waited `max_batch_wait`, or a stop was requested:
+//   - batch full (max_batch events, or the next event would take it past max_batch_bytes), or
+//     its first event has waited `max_batch_wait`, or a stop was requested:
 //     dispatch it (sync: Delivery on this thread; async: to the pool, waiting for a free slot)
 //     and go on;
 //   - stopping, and the queue is drained (no push under way either): finish;
-//   - otherwise park until some lane holds its share of what the batch lacks (Parker
-//     threshold), or the linger deadline.
+//   - otherwise park until some lane holds its share of what the batch lacks, in events or in
+//     bytes (Parker thresholds), or the linger deadline.
 // Flush: a request is a number; the worker notes what every lane has published when it sees
 // the request (those are the events accepted before flush() was called), and serves the request
 // once it has taken them all.
@@ -68,10 +70,13 @@ class Worker {
 
   // Allocates the batch buffers (and, async, the pool's). `on_finish` runs on the worker thread
   // after the last delegate call has returned.
-  Worker(Parts parts, std::size_t max_batch, std::chrono::nanoseconds max_batch_wait,
-         std::size_t async_threads, const void* owner, std::function<void()> on_finish)
+  // `max_batch_bytes` 0: no byte bound on a batch (else the queue must be sized).
+  Worker(Parts parts, std::size_t max_batch, std::size_t max_batch_bytes,
+         std::chrono::nanoseconds max_batch_wait, std::size_t async_threads, const void* owner,
+         std::function<void()> on_finish)
       : p_(parts),
         max_batch_(max_batch),
+        max_batch_bytes_(max_batch_bytes),
         max_batch_wait_(max_batch_wait),
         owner_(owner),
         on_finish_(std::move(on_finish)) {
@@ -176,6 +181,7 @@ class Worker {
     typename ShardedQueue<Event>::Snapshot sweep{};  // what a flush waits for, per lane
     std::uint64_t sweeping = 0;                      // the flush request being served, or 0
     std::uint64_t served = 0;
+    ByteBudget budget{max_batch_bytes_, false};  // what is left of max_batch_bytes
     for (;;) {
       const std::uint64_t requested = flush_requested_.load(std::memory_order_acquire);
       if (sweeping == 0 && requested != served) {
@@ -183,11 +189,13 @@ class Worker {
         sweeping = requested;
       }
       const bool was_empty = batch.empty();
+      if (was_empty) budget = ByteBudget{max_batch_bytes_, false};
       std::size_t taken = 0;
       {
         std::lock_guard<std::mutex> lock(consumer_mu_);
         if (was_empty) first = p_.queue.position();
-        taken = p_.queue.pop_into(max_batch_ - batch.size(), batch);
+        taken = p_.queue.pop_into(max_batch_ - batch.size(), batch,
+                                  max_batch_bytes_ != 0 ? &budget : nullptr);
         if (taken != 0) {
           p_.counters.pending.fetch_add(taken, std::memory_order_relaxed);
           undispatched_.store(batch.size(), std::memory_order_release);
@@ -214,7 +222,7 @@ class Worker {
         sweeping = 0;
         continue;
       }
-      if (batch.size() >= max_batch_ ||
+      if (batch.size() >= max_batch_ || budget.stopped ||
           (!batch.empty() && (stop || Clock::now() >= linger_deadline))) {
         dispatch(batch, first);
         continue;
@@ -230,14 +238,19 @@ class Worker {
       const std::uint64_t lacking = batch.empty() ? 1 : max_batch_ - batch.size();
       const unsigned lanes = p_.queue.active_lanes();
       const std::uint64_t threshold = (lacking + lanes - 1) / lanes;
-      if (taken != 0 && spin_until_reached(threshold, served)) continue;
-      p_.parker.arm(threshold);
-      if (!p_.queue.any_reached(threshold) &&
+      std::uint64_t byte_threshold = Parker::kDisarmed;
+      if (max_batch_bytes_ != 0 && !batch.empty()) {
+        byte_threshold = std::max<std::uint64_t>((budget.left + lanes - 1) / lanes, 1);
+      }
+      if (taken != 0 && spin_until_reached(threshold, byte_threshold, served)) continue;
+      p_.parker.arm(threshold, byte_threshold);
+      if (!p_.queue.any_reached(threshold, byte_threshold) &&
           flush_requested_.load(std::memory_order_acquire) == served) {
         // First for at most kStoreVisibility: a producer's publish and our arm may have
         // crossed (see Parker). Then once more, without that limit, if nothing has come.
         const auto recheck = Clock::now() + ShardedQueue<Event>::kStoreVisibility;
-        if (!p_.parker.park(earlier(wake_by, recheck)) && !p_.queue.any_reached(threshold) &&
+        if (!p_.parker.park(earlier(wake_by, recheck)) &&
+            !p_.queue.any_reached(threshold, byte_threshold) &&
             (!wake_by || Clock::now() < *wake_by)) {
           p_.parker.park(wake_by);
         }
@@ -252,10 +265,11 @@ class Worker {
   // While events flow, the threshold is usually reached within microseconds: poll for up to
   // kSpin instead of parking, which would cost the producer that wakes us a syscall and us a
   // context switch. Only right after a round that took events, so an idle worker never spins.
-  bool spin_until_reached(std::uint64_t threshold, std::uint64_t served) {
+  bool spin_until_reached(std::uint64_t threshold, std::uint64_t byte_threshold,
+                          std::uint64_t served) {
     const auto until = Clock::now() + kSpin;
     for (int i = 1;; ++i) {
-      if (p_.queue.any_reached(threshold)) return true;
+      if (p_.queue.any_reached(threshold, byte_threshold)) return true;
       if ((i & 15) == 0 && (Clock::now() >= until || p_.stop.stopping() ||
                             flush_requested_.load(std::memory_order_relaxed) != served)) {
         return false;
@@ -319,6 +333,7 @@ class Worker {
 
   Parts p_;
   const std::size_t max_batch_;
+  const std::uint64_t max_batch_bytes_;
   const std::chrono::nanoseconds max_batch_wait_;
   const void* const owner_;
   const std::function<void()> on_finish_;
