@@ -191,6 +191,44 @@ TEST(ConfigValidation, RetryJitterOutsideZeroToOne) {
   }
 }
 
+TEST(ConfigValidation, MaxBatchBytesAboveMaxBufferBytes) {
+  buffered::BatchConfig c;
+  c.max_buffer_bytes = 1000;
+  c.max_batch_bytes = 1001;
+  EXPECT_NE(rejection(c).find("max_batch_bytes"), std::string::npos);
+  c.max_buffer_bytes = 1;
+  c.max_batch_bytes = std::numeric_limits<std::size_t>::max();
+  EXPECT_NE(rejection(c).find("max_batch_bytes"), std::string::npos);
+}
+
+TEST(ConfigValidation, ByteBoundsThatAreValid) {
+  EXPECT_EQ(buffered::BatchConfig{}.max_buffer_bytes, 0u);  // off unless asked for
+  EXPECT_EQ(buffered::BatchConfig{}.max_batch_bytes, 0u);
+  buffered::BatchConfig c;
+  c.max_batch_bytes = 1000;  // alone: no buffer byte bound to stay under
+  EXPECT_EQ(rejection(c), "");
+  c.max_batch_bytes = std::numeric_limits<std::size_t>::max();
+  EXPECT_EQ(rejection(c), "");
+  c.max_buffer_bytes = c.max_batch_bytes;  // equal
+  EXPECT_EQ(rejection(c), "");
+  c.max_buffer_bytes = 1000;
+  c.max_batch_bytes = 1000;
+  EXPECT_EQ(rejection(c), "");
+  c.max_batch_bytes = 1;
+  EXPECT_EQ(rejection(c), "");
+  c.max_batch_bytes = 0;  // max_buffer_bytes alone
+  EXPECT_EQ(rejection(c), "");
+}
+
+TEST(ConfigValidation, DropOldestIsValid) {
+  buffered::BatchConfig c;
+  c.overflow = buffered::OverflowPolicy::drop_oldest;
+  EXPECT_EQ(rejection(c), "");
+  c.max_buffer_bytes = 4096;
+  c.max_batch_bytes = 1024;
+  EXPECT_EQ(rejection(c), "");
+}
+
 TEST(ConfigValidation, ConfigIsKeptAsGiven) {
   buffered::BatchConfig c;
   c.buffer_size = 7;

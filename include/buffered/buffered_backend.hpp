@@ -59,6 +59,14 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 // again after a backoff. Every event offered is either delivered to the delegate or reported to
 // the error handler exactly once.
 //
+// Byte bounds (BatchConfig::max_buffer_bytes, max_batch_bytes; the constructor's byte_size
+// function gives each event's size, once, when it is offered): the buffer never holds more queued
+// bytes than max_buffer_bytes, a batch never more than max_batch_bytes, and an event larger than
+// either bound is refused at once as too_large. With OverflowPolicy::drop_oldest a full buffer
+// (count or bytes) evicts queued events, oldest first, reporting each as `evicted` on the
+// producer's thread, until the new event fits. See sharded_queue.hpp for what "oldest" and the
+// bounds mean with several producer threads.
+//
 // This class is the facade: config validation, the lifecycle, the producer API and stats. The
 // parts are in detail/: the buffer (sharded_queue.hpp, lane_registry.hpp), the worker loop
 // (worker.hpp), the delivery of one batch with its retries (delivery.hpp), the dispatch pool
@@ -76,13 +84,14 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 // Exceptions: only the constructor (std::invalid_argument for a bad config, std::bad_alloc) and
 // run() (what delegate.run() throws, std::bad_alloc, std::system_error when a thread cannot be
 // made, std::logic_error after shutdown) throw on their own; process_event(s) throw only what
-// copying an Event throws, flush() only what delegate.flush() throws. shutdown(), stats() and
-// the destructor never throw, and nothing after construction and run() allocates.
+// copying an Event or the byte_size function throws, flush() only what delegate.flush() throws.
+// shutdown(), stats() and the destructor never throw, and nothing after construction and run()
+// allocates.
 //
 // Memory: the buffer of buffer_size events (plus up to a quarter more slots: blocks that lanes
-// hold partly filled), plus batch buffers of min(max_batch_size,
-// buffer_size) events: one for the worker (max_in_flight + 1 in async mode) and one to report
-// abandoned events in at shutdown.
+// hold partly filled; and a size per slot with a byte bound), plus batch buffers of
+// min(max_batch_size, buffer_size) events: one for the worker (max_in_flight + 1 in async mode) and
+// one to report abandoned events in at shutdown.
 //
 // `Delegate` may be a reference type: the backend then does not own the sink.
 template <class Event, class Delegate>
@@ -198,8 +207,10 @@ class BufferedBackend {
 
   // Offers copies of `events`, in order. Returns how many were accepted; stops at the first
   // refusal and reports that event and all after it to the error handler in one call (kind
-  // buffer_full or shut_down). Thread-safe. Never blocks with drop_newest; with block, waits for
-  // space per event. Never allocates (the copies aside). If a copy throws, the events before it
+  // buffer_full, shut_down or too_large). Thread-safe. Never blocks with drop_newest; with
+  // drop_oldest only on a spin lock shared with the worker, while it evicts (each evicted event
+  // is reported on this thread); with block, waits for space per event. Never allocates (the
+  // copies aside). If a copy throws, the events before it
   // stay accepted, nothing else is claimed or counted, and the exception propagates.
   std::size_t process_events(std::span<const Event> events) {
     static_assert(std::is_copy_constructible_v<Event>,
@@ -228,8 +239,8 @@ class BufferedBackend {
     return false;
   }
 
-  // Moves `event` in if accepted; otherwise leaves it intact and reports it. Never throws.
-  // Thread-safe. Never blocks with drop_newest.
+  // Moves `event` in if accepted; otherwise leaves it intact and reports it. Never throws (but
+  // for what byte_size throws). Thread-safe. Blocks as process_events does.
   bool process_event(Event&& event) {
     const detail::PushResult result = offer(std::move(event));
     if (result == detail::PushResult::ok) return true;
@@ -237,20 +248,21 @@ class BufferedBackend {
     return false;
   }
 
-  // Blocks until every event accepted before the call has been delivered or failed (the partial
-  // batch goes at once; batches waiting to retry are waited for), then calls delegate.flush() if
-  // present (on this thread) and returns true. Returns false at `timeout`, or if some of those
-  // events were abandoned by a shutdown. Returns at once, true only if every one of those events is
-  // already delivered or failed, when the backend is not running: before run(), after shutdown()
-  // completed, or once a shutdown deadline has passed. delegate.flush() is never called once
-  // delegate.shutdown() has started (flush() then returns true without it: the delegate is being
-  // shut down, which flushes it). Called from inside the delegate or the error handler it only
-  // requests the flush and returns false. Thread-safe; never allocates; exceptions from
-  // delegate.flush() propagate.
+  // Blocks until every event accepted before the call has been delivered or failed, or evicted
+  // and reported (the partial batch goes at once; batches waiting to retry are waited for), then
+  // calls delegate.flush() if present (on this thread) and returns true. Returns false at
+  // `timeout`, or if some of those events were abandoned by a shutdown. Returns at once, true only
+  // if every one of those events is already delivered, failed or evicted and reported, when the
+  // backend is not running: before run(), after shutdown() completed, or once a shutdown deadline
+  // has passed. delegate.flush() is never called once delegate.shutdown() has started (flush() then
+  // returns true without it: the delegate is being shut down, which flushes it). Called from inside
+  // the delegate or the error handler it only requests the flush and returns false. Thread-safe;
+  // never allocates; exceptions from delegate.flush() propagate.
   bool flush(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
     if (!started() || completion_.complete() || stop_.past_deadline()) {
-      return queue_.size() == 0 && completion_.flushed(offset(queue_.position()));
+      return queue_.size() == 0 && completion_.flushed(offset(queue_.position())) &&
+             queue_.evictions_reported();
     }
     const std::uint64_t request = worker_.request_flush();
     parker_.signal();
@@ -260,6 +272,8 @@ class BufferedBackend {
     if (!target) return false;
     const auto result = completion_.wait_flushed(*target, deadline, past_deadline);
     if (result != detail::Completion::FlushResult::done) return false;
+    // An evicted event counts as done once its eviction has been reported.
+    if (!queue_.wait_evictions_reported(deadline)) return false;
     if constexpr (detail::HasFlush<DelegateType>) {
       const detail::FlushPass pass(flush_gate_);
       if (pass) {
@@ -505,6 +519,12 @@ class BufferedBackend {
     if (result == detail::PushResult::sized) return offer_sized(std::forward<Args>(args)...);
     if (result != detail::PushResult::full) return result;
     parker_.notify_full();
+    if (config_.max_buffer_bytes != 0) {
+      // Other producer threads' byte reserves may be what is missing: take them back, once.
+      queue_.reclaim_bytes();
+      result = push_once(lane, bytes, std::forward<Args>(args)...);
+      if (result != detail::PushResult::full) return result;
+    }
     if (config_.overflow == OverflowPolicy::drop_oldest) {
       return offer_evicting(lane, bytes, std::forward<Args>(args)...);
     }
@@ -521,13 +541,10 @@ class BufferedBackend {
   template <class... Args>
   detail::PushResult offer_evicting(LaneHandle lane, std::uint64_t bytes, Args&&... args) {
     for (bool evicted_last = true;;) {
-      std::optional<Event> victim;
-      const bool evicted = queue_.evict_oldest(
-          lane, [&victim](Event&& e) noexcept { victim.emplace(std::move(e)); });
-      if (evicted) {
-        report_(ErrorKind::evicted, std::span<const Event>(&*victim, 1));
-        victim.reset();
-      } else if (!evicted_last || queue_.closed()) {
+      const bool evicted = queue_.evict_oldest(lane, bytes, [this](Event&& victim) noexcept {
+        report_(ErrorKind::evicted, std::span<const Event>(&victim, 1));
+      });
+      if (!evicted && (!evicted_last || queue_.closed())) {
         return queue_.closed() ? detail::PushResult::closed : detail::PushResult::full;
       }
       evicted_last = evicted;
@@ -541,8 +558,14 @@ class BufferedBackend {
   detail::PushResult offer_blocking(std::uint64_t bytes, Args&&... args) {
     const auto deadline = detail::deadline_after(Clock::now(), config_.block_timeout);
     for (;;) {
+      // Every byte reserve comes with a push, so the worker notifies after it; reclaiming on
+      // each check means an idle thread's reserve never keeps this event out.
       const bool ready = space_.wait(
-          [this, bytes] { return queue_.closed() || queue_.has_space(bytes); }, deadline);
+          [this, bytes] {
+            queue_.reclaim_bytes();
+            return queue_.closed() || queue_.has_space(bytes);
+          },
+          deadline);
       LaneHandle lane = nullptr;
       // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
       const detail::PushResult result = push_once(lane, bytes, std::forward<Args>(args)...);

@@ -26,11 +26,32 @@
 // returns true only once every accepted event is delivered or failed; in sync mode (or one in
 // flight) first attempts keep the order and a batch waiting to retry keeps its place.
 //
-// Input layout: buffer_size, max_batch_size, max_batch_wait, async (bit 0; bits 1-3: the form;
-// bits 4-7: which failing calls are permanent), max_in_flight (bits 0-1; bits 2-4: 0 no retry,
-// 1-6 max_attempts, 7 an invalid retry; bits 5-7: initial backoff), overflow (bit 0; bits 1-2:
-// multiplier; bits 3-4: jitter; bits 5-7: max_backoff), block_timeout, throttle (bits 5-7: the
-// retry-after), the failure mask; then one operation per byte (some take the next byte).
+// Byte bounds and drop_oldest (when bit 7 of the first byte is set): the input chooses
+// OverflowPolicy::drop_oldest, the events' byte sizes (1 + 0..spread-1, derived from the id, or no
+// byte_size function: sizeof(Event)), max_buffer_bytes and max_batch_bytes (0 = off; scaled up to
+// near SIZE_MAX; max_batch_bytes > max_buffer_bytes must be refused, naming max_batch_bytes).
+// Checked besides: every accepted event delivered, failed, abandoned or evicted exactly once (an
+// evicted one never reaches the delegate); none larger than a byte bound is accepted; a refused
+// event is reported too_large exactly when it (or, in a span, the first refused one) is larger
+// than a bound (after a shutdown, shut_down too); drop_oldest never refuses buffer_full (this
+// thread is the only producer) and evicts in order; evicted and too_large are reported on this
+// thread; a batch's byte sizes sum to at most max_batch_bytes; Stats::queued_bytes is at most
+// max_buffer_bytes (0 without a bound, and after shutdown); Stats::evicted and
+// rejected_too_large match the reports, and accepted == delivered + failed + abandoned + evicted
+// + pending; byte_size is called only with a bound, once per offer. Before run() (and before
+// any shutdown) nothing leaves the buffer, so a model of it predicts every offer exactly: which
+// are accepted, refused (buffer_full or too_large) or evicted, Stats::queued and queued_bytes,
+// and what flush() returns.
+//
+// Input layout: buffer_size (bits 0-6, % 33; bit 7: the byte bounds bytes follow the header),
+// max_batch_size, max_batch_wait, async (bit 0; bits 1-3: the form; bits 4-7: which failing calls
+// are permanent), max_in_flight (bits 0-1; bits 2-4: 0 no retry, 1-6 max_attempts, 7 an invalid
+// retry; bits 5-7: initial backoff), overflow (bit 0; bits 1-2: multiplier; bits 3-4: jitter;
+// bits 5-7: max_backoff), block_timeout, throttle (bits 5-7: the retry-after), the failure mask;
+// with bit 7 of the first byte three more: sizes (bit 0: drop_oldest; bits 1-3: 0 no byte_size,
+// else spread 2^(n-1); bits 4-5 and 6-7: how max_buffer_bytes and max_batch_bytes scale: x1, x4,
+// x64, SIZE_MAX - n), max_buffer_bytes, max_batch_bytes; then one operation per byte (some take
+// the next byte).
 //
 // Build: cmake --preset fuzz && cmake --build --preset fuzz
 // Run:   build/fuzz/tests/fuzz/buffered_fuzz -max_total_time=60 <corpus copy> tests/fuzz/corpus
@@ -46,6 +67,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -71,6 +93,25 @@ using buffered_test::Result;
 
 struct Event {
   std::uint64_t id;
+};
+
+// Set on the thread that runs the input (the only producer): evicted and too_large are reported
+// there, and byte_size is called there.
+thread_local bool on_input_thread = false;
+
+// The events' byte sizes: what the input's byte_size function returns, or sizeof(Event) without
+// one (spread 0).
+struct Sizes {
+  std::size_t spread = 0;
+
+  static std::size_t extra(std::uint64_t id, std::size_t spread) {
+    std::uint64_t h = id * 0x9e3779b97f4a7c15ull;
+    h ^= h >> 29;
+    return static_cast<std::size_t>(h % spread);
+  }
+  std::size_t of(std::uint64_t id) const {
+    return spread == 0 ? sizeof(Event) : 1 + extra(id, spread);
+  }
 };
 
 class Reader {
@@ -188,9 +229,16 @@ struct Deadlines {
 constexpr std::size_t kMaxEvents = 4096;
 constexpr std::size_t kMaxAttempts = 6;
 
+// How a refused event was reported.
+enum class Refusal : std::uint8_t { none, buffer_full, shut_down, too_large };
+
 struct Ledger {
   std::mutex mu;
-  std::vector<int> reported_failed, abandoned, refused_reports, settled;
+  std::vector<int> reported_failed, abandoned, refused_reports, settled, evicted;
+  std::vector<Refusal> refusal;              // the kind of the last refusal report
+  std::vector<std::uint64_t> evicted_order;  // evicted ids, as reported
+  std::uint64_t too_large_reports = 0;
+  std::uint64_t off_thread_reports = 0;   // evicted or too_large off the input's thread
   std::vector<std::uint64_t> call_order;  // ids in the order the delegate saw them, every call
   std::vector<CallRecord> calls;
   std::vector<ReportRecord> reports;
@@ -203,6 +251,9 @@ struct Ledger {
     abandoned.resize(n);
     refused_reports.resize(n);
     settled.resize(n);
+    evicted.resize(n);
+    refusal.resize(n);
+    evicted_order.reserve(n);
   }
 };
 
@@ -296,6 +347,9 @@ struct Input {
   bool valid = false;
   std::uint8_t fail_mask = 0, permanent_mask = 0;
   std::chrono::nanoseconds retry_after{0};
+  Sizes sizes;
+  bool byte_size_function = false;  // pass one (even without a byte bound: never called then)
+  bool only_bytes_invalid = false;  // max_batch_bytes > max_buffer_bytes, nothing else wrong
 };
 
 template <class F>
@@ -323,11 +377,24 @@ int run_input(Reader& in, const Input& input) {
       }
     }
     std::lock_guard<std::mutex> lock(ledger.mu);
+    if ((kind == buffered::ErrorKind::evicted || kind == buffered::ErrorKind::too_large) &&
+        !on_input_thread) {
+      ledger.off_thread_reports++;
+    }
     for (const Event& e : events) {
       switch (kind) {
         case buffered::ErrorKind::buffer_full:
+          ledger.refused_reports[e.id]++;
+          ledger.refusal[e.id] = Refusal::buffer_full;
+          break;
         case buffered::ErrorKind::shut_down:
           ledger.refused_reports[e.id]++;
+          ledger.refusal[e.id] = Refusal::shut_down;
+          break;
+        case buffered::ErrorKind::too_large:
+          ledger.refused_reports[e.id]++;
+          ledger.refusal[e.id] = Refusal::too_large;
+          ledger.too_large_reports++;
           break;
         case buffered::ErrorKind::delegate_failed:
           ledger.reported_failed[e.id]++;
@@ -335,6 +402,13 @@ int run_input(Reader& in, const Input& input) {
           break;
         case buffered::ErrorKind::abandoned:
           ledger.abandoned[e.id]++;
+          break;
+        case buffered::ErrorKind::evicted:
+          ledger.evicted[e.id]++;
+          ledger.settled[e.id]++;
+          require(ledger.evicted_order.size() < ledger.evicted_order.capacity(),
+                  "more evictions than events");
+          ledger.evicted_order.push_back(e.id);
           break;
       }
     }
@@ -345,17 +419,84 @@ int run_input(Reader& in, const Input& input) {
   };
 
   using Backend = buffered::BufferedBackend<Event, Sink<F>&>;
+  const Sizes sizes = input.sizes;
+  const bool bounded = c.max_buffer_bytes != 0 || c.max_batch_bytes != 0;
+  std::atomic<std::uint64_t> byte_size_calls{0}, byte_size_off_thread{0};
+  struct SizeCounters {
+    std::atomic<std::uint64_t>* calls;
+    std::atomic<std::uint64_t>* off_thread;
+  };
+  typename Backend::byte_size_function byte_size;
+  if (input.byte_size_function) {
+    byte_size = [counters = SizeCounters{&byte_size_calls, &byte_size_off_thread},
+                 spread = sizes.spread](const Event& e) {
+      counters.calls->fetch_add(1, std::memory_order_relaxed);
+      if (!on_input_thread) counters.off_thread->fetch_add(1, std::memory_order_relaxed);
+      return 1 + Sizes::extra(e.id, spread);
+    };
+  }
   std::unique_ptr<Backend> backend;
   try {
-    backend = std::make_unique<Backend>(sink, c, on_error);
-  } catch (const std::invalid_argument&) {
+    backend = std::make_unique<Backend>(sink, c, on_error, byte_size);
+  } catch (const std::invalid_argument& e) {
     require(!input.valid, "a valid configuration was refused");
+    require(!input.only_bytes_invalid || std::strstr(e.what(), "max_batch_bytes") != nullptr,
+            "max_batch_bytes > max_buffer_bytes refused without naming max_batch_bytes");
     return 0;
   }
   require(input.valid, "an invalid configuration was accepted");
 
+  // Larger than a byte bound: refused too_large, whatever the policy.
+  auto oversized = [&](std::uint64_t id) {
+    const std::size_t bytes = sizes.of(id);
+    return (c.max_buffer_bytes != 0 && bytes > c.max_buffer_bytes) ||
+           (c.max_batch_bytes != 0 && bytes > c.max_batch_bytes);
+  };
+  // The buffer before run() and any shutdown: nothing leaves it but evictions, and this thread is
+  // the only producer, so its bounds are exact.
+  struct Model {
+    bool active = true;
+    std::vector<std::uint64_t> ids;  // queued: ids[head..]
+    std::size_t head = 0, bytes = 0;
+    std::size_t count() const { return ids.size() - head; }
+  } model;
+  model.ids.reserve(kMaxEvents);
+  std::size_t evictions_seen = 0;  // of ledger.evicted_order: checked against the model
+  // What the model says offering `id` does (and does it): accepted (perhaps after evicting
+  // from the head), or refused buffer_full or too_large.
+  auto model_offer = [&](std::uint64_t id) {
+    if (oversized(id)) return Refusal::too_large;
+    const std::size_t bytes = sizes.of(id);
+    auto fits = [&] {
+      return model.count() < c.buffer_size &&
+             (c.max_buffer_bytes == 0 || model.bytes + bytes <= c.max_buffer_bytes);
+    };
+    if (!fits() && c.overflow != buffered::OverflowPolicy::drop_oldest) return Refusal::buffer_full;
+    while (!fits()) {
+      require(model.count() != 0, "model: nothing to evict");
+      model.bytes -= sizes.of(model.ids[model.head++]);
+    }
+    model.ids.push_back(id);
+    model.bytes += bytes;
+    return Refusal::none;
+  };
+  // The evictions reported since the last check are the model's, in order.
+  auto check_evictions = [&] {
+    std::lock_guard<std::mutex> lock(ledger.mu);
+    if (!model.active) return;
+    // Only the model's evictions happen before run(): model.ids[0..head), in order.
+    require(ledger.evicted_order.size() == model.head,
+            "evicted other than the model of the buffer before run() says");
+    for (; evictions_seen < model.head; ++evictions_seen) {
+      require(ledger.evicted_order[evictions_seen] == model.ids[evictions_seen],
+              "evicted other events than the model of the buffer before run()");
+    }
+  };
+
   std::vector<bool> accepted;
   accepted.reserve(kMaxEvents);  // nothing below allocates until the final checks
+  std::vector<std::uint64_t> refused_head(kMaxEvents);  // the first refused id of its offer
+  bool shut_down_called = false;
   std::uint64_t next_id = 0;
   std::uint64_t last_accepted_count = 0;
   std::uint64_t flush_checked = 0;  // accepted events below this id: settled at a flush
@@ -395,7 +536,9 @@ int run_input(Reader& in, const Input& input) {
   // returned true (nothing is pending then), otherwise once the calls still running settle.
   auto check_shut_down = [&](bool returned_true) {
     buffered::Stats s = backend->stats();
-    auto holds = [&s] { return s.accepted == s.delivered + s.failed + s.abandoned + s.pending; };
+    auto holds = [&s] {
+      return s.accepted == s.delivered + s.failed + s.abandoned + s.evicted + s.pending;
+    };
     if (returned_true) {
       require(s.pending == 0 && s.queued == 0, "shutdown() returned true with work left");
       require(holds(), "accounting identity broken after shutdown() returned true");
@@ -409,11 +552,19 @@ int run_input(Reader& in, const Input& input) {
   };
   auto offer_one = [&](bool by_move) {
     if (next_id >= kMaxEvents) return;
-    Event e{next_id++};
+    const std::uint64_t id = next_id++;
+    Event e{id};
+    const Refusal want = model.active ? model_offer(id) : Refusal::none;
     const bool ok = no_alloc("process_event", [&] {
       return by_move ? backend->process_event(std::move(e)) : backend->process_event(e);
     });
     accepted.push_back(ok);
+    refused_head[id] = id;
+    if (model.active) {
+      require(ok == (want == Refusal::none), "an offer before run() went against the model");
+      require(ok || ledger.refusal[id] == want, "refused before run() with the wrong kind");
+      check_evictions();
+    }
   };
   while (!in.empty()) {
     const std::uint8_t op = in.byte();
@@ -431,9 +582,27 @@ int run_input(Reader& in, const Input& input) {
         for (int k = 0; k < 1 + op / 8 % 8 && next_id < kMaxEvents; ++k)
           events[count++] = Event{next_id++};
         const std::span<const Event> span(events.data(), count);
+        std::size_t want_taken = count;
+        Refusal want = Refusal::none;
+        for (std::size_t k = 0; k < count && model.active; ++k) {
+          want = model_offer(events[k].id);
+          if (want != Refusal::none) {
+            want_taken = k;
+            break;
+          }
+        }
         const std::size_t n =
             no_alloc("process_events", [&] { return backend->process_events(span); });
-        for (std::size_t k = 0; k < count; ++k) accepted.push_back(k < n);
+        for (std::size_t k = 0; k < count; ++k) {
+          accepted.push_back(k < n);
+          refused_head[events[k].id] = events[std::min(n, count - 1)].id;
+        }
+        if (model.active) {
+          require(n == want_taken, "a span offered before run() went against the model");
+          require(n == count || ledger.refusal[events[n].id] == want,
+                  "a span refused before run() with the wrong kind");
+          check_evictions();
+        }
         break;
       }
       case 4: {
@@ -452,6 +621,7 @@ int run_input(Reader& in, const Input& input) {
         }
         const bool fired = armed.disarm();
         require(!failed || fired, "run() failed without an injected fault");
+        if (!failed) model.active = false;  // the worker takes events from here on
         if (failed && threads_before != 0) {
           std::size_t now = count_threads();
           for (int i = 0; now > threads_before && i < 2000; ++i) {
@@ -464,7 +634,11 @@ int run_input(Reader& in, const Input& input) {
       }
       case 5: {
         const auto timeout = std::chrono::microseconds(in.byte() % 50);
-        if (no_alloc("flush", [&] { return backend->flush(timeout); })) {
+        const bool flushed = no_alloc("flush", [&] { return backend->flush(timeout); });
+        // Not running: at once, true if nothing it waits for is still queued.
+        require(!model.active || flushed == (model.count() == 0),
+                "flush() before run() did not say whether events are queued");
+        if (flushed) {
           // Every event accepted so far is delivered or failed: none waits for a retry.
           std::lock_guard<std::mutex> lock(ledger.mu);
           for (; flush_checked < next_id; ++flush_checked) {
@@ -475,6 +649,8 @@ int run_input(Reader& in, const Input& input) {
         break;
       }
       case 6:
+        model.active = false;
+        shut_down_called = true;
         if (op & 8) {
           const auto timeout = std::chrono::microseconds(in.byte() % 50);
           check_shut_down(no_alloc("shutdown", [&] { return timed_shutdown(timeout); }));
@@ -500,11 +676,20 @@ int run_input(Reader& in, const Input& input) {
         require(s.accepted >= last_accepted_count, "Stats.accepted went down");
         require(s.accepted >= s.delivered + s.failed + s.abandoned, "more done than accepted");
         require(s.retries <= s.batches, "Stats.retries above Stats.batches");
+        require(bounded ? c.max_buffer_bytes == 0 || s.queued_bytes <= c.max_buffer_bytes
+                        : s.queued_bytes == 0,
+                "Stats.queued_bytes above max_buffer_bytes (or not 0 without a byte bound)");
+        if (model.active) {
+          require(s.queued == model.count(), "Stats.queued before run() differs from the model");
+          require(s.queued_bytes == (bounded ? model.bytes : 0),
+                  "Stats.queued_bytes before run() differs from the model");
+        }
         last_accepted_count = s.accepted;
         break;
       }
     }
   }
+  model.active = false;
   check_shut_down(no_alloc("shutdown", [&] { return backend->shutdown(); }));
   timed_shutdown(0ns);  // idempotent
   const buffered::Stats s = backend->stats();
@@ -592,14 +777,18 @@ int run_input(Reader& in, const Input& input) {
     }
   }
 
-  std::uint64_t n_accepted = 0, n_delivered = 0, n_failed = 0, n_abandoned = 0, n_refused = 0;
+  std::uint64_t n_accepted = 0, n_delivered = 0, n_failed = 0, n_abandoned = 0, n_refused = 0,
+                n_evicted = 0;
   for (std::uint64_t id = 0; id < next_id; ++id) {
     const End end = ended[id];
-    const int done =
-        (end == End::delivered ? 1 : 0) + ledger.reported_failed[id] + ledger.abandoned[id];
+    const int done = (end == End::delivered ? 1 : 0) + ledger.reported_failed[id] +
+                     ledger.abandoned[id] + ledger.evicted[id];
+    n_evicted += static_cast<std::uint64_t>(ledger.evicted[id]);
     if (accepted[id]) {
       ++n_accepted;
       require(done == 1, "an accepted event was not handled exactly once");
+      require(ledger.evicted[id] == 0 || end == End::none, "an evicted event reached the delegate");
+      require(!oversized(id), "an event larger than a byte bound was accepted");
       require(ledger.refused_reports[id] == 0, "an accepted event was reported refused");
       require((end == End::failed) == (ledger.reported_failed[id] == 1),
               "a failed event was not reported once");
@@ -609,6 +798,16 @@ int run_input(Reader& in, const Input& input) {
       ++n_refused;
       require(done == 0 && end == End::none, "a refused event reached the delegate");
       require(ledger.refused_reports[id] == 1, "a refused event was not reported exactly once");
+      const std::uint64_t head = refused_head[id];
+      const Refusal kind = ledger.refusal[id];
+      require(kind == ledger.refusal[head], "a span's refused events reported with other kinds");
+      require(kind != Refusal::too_large || oversized(head),
+              "refused too_large, yet within the byte bounds");
+      require(!oversized(head) || kind == Refusal::too_large ||
+                  (kind == Refusal::shut_down && shut_down_called),
+              "an event larger than a byte bound was not refused too_large");
+      require(kind != Refusal::buffer_full || c.overflow != buffered::OverflowPolicy::drop_oldest,
+              "drop_oldest with one producer refused buffer_full");
     }
     n_delivered += end == End::delivered ? 1 : 0;
     n_failed += end == End::failed ? 1 : 0;
@@ -619,14 +818,39 @@ int run_input(Reader& in, const Input& input) {
   require(s.failed == n_failed, "Stats.failed");
   require(s.abandoned == n_abandoned, "Stats.abandoned");
   require(s.pending == 0, "Stats.pending after an unbounded shutdown");
-  require(s.accepted == s.delivered + s.failed + s.abandoned + s.pending, "accounting identity");
-  require(s.rejected_full + s.rejected_shut_down == n_refused, "Stats.rejected_*");
+  require(s.evicted == n_evicted, "Stats.evicted");
+  require(s.rejected_too_large == ledger.too_large_reports, "Stats.rejected_too_large");
+  require(s.accepted == s.delivered + s.failed + s.abandoned + s.evicted + s.pending,
+          "accounting identity");
+  require(s.rejected_full + s.rejected_shut_down + s.rejected_too_large == n_refused,
+          "Stats.rejected_*");
+  require(s.queued_bytes == 0, "Stats.queued_bytes after shutdown");
+  require(c.overflow == buffered::OverflowPolicy::drop_oldest || n_evicted == 0,
+          "evicted without drop_oldest");
+  for (std::size_t i = 1; i < ledger.evicted_order.size(); ++i) {
+    require(ledger.evicted_order[i - 1] < ledger.evicted_order[i],
+            "one producer: evictions out of order");
+  }
+  require(ledger.off_thread_reports == 0, "evicted or too_large reported off the input's thread");
+  if (input.byte_size_function) {
+    const std::uint64_t calls = byte_size_calls.load();
+    require(bounded || calls == 0, "byte_size called without a byte bound");
+    require(!bounded || (calls >= n_accepted && calls <= next_id),
+            "byte_size not called once per offered event");
+    require(byte_size_off_thread.load() == 0, "byte_size called off the producer's thread");
+  }
   require(s.batches == ledger.calls.size(), "Stats.batches");
   require(s.retries == repeats, "Stats.retries");
   require(s.queued == 0 && s.in_flight == 0, "work left after shutdown");
   const std::size_t batch_limit = std::min(c.max_batch_size, c.buffer_size);
   for (const CallRecord& call : ledger.calls) {
     require(call.size >= 1 && call.size <= batch_limit, "a batch of the wrong size");
+    if (c.max_batch_bytes != 0) {
+      std::size_t bytes = 0;
+      for (std::size_t k = 0; k < call.size; ++k)
+        bytes += sizes.of(ledger.call_order[call.first + k]);
+      require(bytes <= c.max_batch_bytes, "a batch above max_batch_bytes");
+    }
   }
   // Order: across first attempts where promised; there, a batch waiting to retry keeps its
   // place (its attempts are consecutive calls). Inside every call always.
@@ -657,10 +881,12 @@ int run_input(Reader& in, const Input& input) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  on_input_thread = true;
   Reader in(data, size);
   Input input;
   buffered::BatchConfig& c = input.config;
-  c.buffer_size = in.byte() % 33;             // 0 is invalid on purpose
+  const std::uint8_t buffer_byte = in.byte();
+  c.buffer_size = (buffer_byte & 0x7f) % 33;  // 0 is invalid on purpose
   const std::uint8_t batch_byte = in.byte();  // 250..255: near SIZE_MAX, beyond any buffer
   c.max_batch_size = batch_byte >= 250
                          ? std::numeric_limits<std::size_t>::max() - (255u - batch_byte)
@@ -681,6 +907,29 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     c.throttle = buffered::Throttle{100000.0, static_cast<std::size_t>((throttle >> 3) % 4)};
   input.retry_after = std::chrono::microseconds(25 * (throttle >> 5));
   input.fail_mask = in.byte();
+  if (buffer_byte & 0x80) {
+    const std::uint8_t sizes_byte = in.byte();
+    if (sizes_byte & 1) c.overflow = buffered::OverflowPolicy::drop_oldest;
+    const unsigned spread_bits = sizes_byte >> 1 & 7;
+    input.sizes.spread = spread_bits == 0 ? 0 : std::size_t{1} << (spread_bits - 1);
+    input.byte_size_function = spread_bits != 0;
+    auto bound = [](std::uint8_t n, unsigned scale) -> std::size_t {
+      if (n == 0) return 0;
+      switch (scale) {
+        case 0:
+          return n;
+        case 1:
+          return std::size_t{n} * 4;
+        case 2:
+          return std::size_t{n} * 64;
+        default:
+          return std::numeric_limits<std::size_t>::max() - n;
+      }
+    };
+    c.max_buffer_bytes = bound(in.byte(), sizes_byte >> 4 & 3);
+    c.max_batch_bytes = bound(in.byte(), sizes_byte >> 6 & 3);
+  }
+  const bool bytes_valid = c.max_buffer_bytes == 0 || c.max_batch_bytes <= c.max_buffer_bytes;
 
   bool retry_valid = true;
   const unsigned retry_kind = in_flight_byte >> 2 & 7;
@@ -729,7 +978,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   input.valid = c.buffer_size != 0 && c.max_batch_size != 0 && c.max_in_flight != 0 &&
                 (c.max_batch_size == 1 || c.max_batch_wait > 0ns) &&
-                (!c.throttle || c.throttle->burst != 0) && retry_valid;
+                (!c.throttle || c.throttle->burst != 0) && retry_valid && bytes_valid;
+  input.only_bytes_invalid = !bytes_valid && c.buffer_size != 0 && c.max_batch_size != 0 &&
+                             c.max_in_flight != 0 &&
+                             (c.max_batch_size == 1 || c.max_batch_wait > 0ns) &&
+                             (!c.throttle || c.throttle->burst != 0) && retry_valid;
   switch (form) {
     case 0:
       return run_input<Form<Result::boolean, false, false>>(in, input);

@@ -20,10 +20,25 @@
 // result; with or without a BatchContext) and fails with every outcome its form can express: a
 // retryable exception, `false`, Outcome::retry() (sometimes with a retry-after), permanent_error,
 // Outcome::permanent_failure().
+// Byte bounds and drop_oldest: the overflow policy is drop_newest, block or drop_oldest, a third
+// each. About three rounds in ten set BatchConfig::max_buffer_bytes and/or max_batch_bytes, tiny
+// (some events alone are too large), binding long before buffer_size or max_batch_size, or loose,
+// and give events variable byte sizes (the payload's length plus a spread derived from the id, so
+// the checker can recompute them; in some rounds no byte_size function: sizeof(Event)); a few of
+// them first try max_batch_bytes > max_buffer_bytes, which the constructor must refuse, naming
+// max_batch_bytes.
 // After each round the run checks that
 //   - every accepted id ended exactly once: in a batch whose last attempt delivered it, or
-//     reported delegate_failed, or reported abandoned; every refused id was reported exactly
-//     once, with the right kind, and an id whose offer threw was neither;
+//     reported delegate_failed, abandoned or evicted (an evicted id never reached the delegate;
+//     only drop_oldest evicts, reporting on the producer's thread); no accepted id is larger than
+//     a byte bound; every refused id was reported exactly once, with the right kind: too_large
+//     exactly for an id larger than a byte bound (or a refused span's ids from such an id on;
+//     such an id may be refused shut_down instead, never buffer_full), and an id whose offer
+//     threw was neither;
+//   - with drop_oldest and one producer thread: nothing is refused buffer_full (a full buffer
+//     evicts instead), and the evictions follow the thread's order;
+//   - a delegate call's byte sizes sum to at most max_batch_bytes; Stats::queued_bytes, sampled
+//     while the round runs, is at most max_buffer_bytes (and 0 without a byte bound);
 //   - each batch's attempts saw the same events in the same order; only a retryable failure is
 //     followed by another attempt, at most max_attempts in all (one without retry), never one
 //     after an attempt that ended past a shutdown deadline, and not before the backoff floor
@@ -37,12 +52,13 @@
 //   - the delegate saw each producer's ids in increasing order across first attempts where the
 //     contract promises it (sync, or async with max_in_flight == 1), and there it took no further
 //     batch while one waited to retry; inside every batch otherwise;
-//   - flush() returned true only once every event its thread had accepted before was delivered
-//     or failed (it waits for retries);
-//   - Stats agree with what was observed (batches counts every attempt, retries the repeats),
-//     and accepted == delivered + failed + abandoned + pending after every shutdown (pending == 0
-//     after an unbounded one, and after one that returned true); flush() on a shut-down backend
-//     returns at once;
+//   - flush() returned true only once every event its thread had accepted before was delivered,
+//     failed or evicted (it waits for retries);
+//   - Stats agree with what was observed (batches counts every attempt, retries the repeats,
+//     evicted and rejected_too_large the reports), and accepted == delivered + failed +
+//     abandoned + evicted + pending after every shutdown (pending == 0 after an unbounded one,
+//     and after one that returned true), queued_bytes == 0 after the last; flush() on a
+//     shut-down backend returns at once;
 //   - a failed run() is undone (no threads left, delegate.shutdown() matches delegate.run()), a
 //     later run() makes exactly the worker and max_in_flight dispatch threads, delegate.flush()
 //     never runs outside delegate.run() .. delegate.shutdown();
@@ -96,6 +112,30 @@ std::string payload_for(std::uint64_t id) {
   return p;
 }
 
+// payload_for(id).size(), without making it.
+std::size_t payload_size(std::uint64_t id) {
+  std::size_t digits = 1;
+  for (std::uint64_t v = id; v >= 10; v /= 10) ++digits;
+  return digits + (id % 3 == 0 ? 40 : 0);
+}
+
+// An event's byte size in a round with byte bounds: what the round's byte_size function returns
+// (its payload's length plus 0 .. spread-1, derived from the id), or sizeof(Event) in a round
+// without one.
+struct ByteSizes {
+  bool custom = true;
+  std::size_t spread = 1;
+
+  static std::size_t extra(std::uint64_t id, std::size_t spread) {
+    std::uint64_t h = id * 0x9e3779b97f4a7c15ull;
+    h ^= h >> 29;
+    return static_cast<std::size_t>(h % spread);
+  }
+  std::size_t of(std::uint64_t id) const {
+    return custom ? payload_size(id) + extra(id, spread) : sizeof(Event);
+  }
+};
+
 // True if copying the event allocates (its payload does not fit the small-string buffer).
 bool copy_allocates(std::uint64_t id) {
   static const std::size_t small = std::string().capacity();
@@ -113,9 +153,14 @@ struct Totals {
   std::uint64_t big_batch_rounds = 0;
   std::uint64_t retry_rounds = 0, context_rounds = 0, retries = 0, retry_abandoned = 0,
                 permanent = 0, retry_delivered = 0;
+  std::uint64_t byte_rounds = 0, drop_oldest_rounds = 0, evicted = 0, too_large = 0;
 };
 
 std::atomic<std::uint64_t> current_seed{0};  // of the round running now, for the messages
+
+// Set on the tool's producer threads: evicted and too_large are reported on the producer's.
+thread_local bool on_producer_thread = false;
+thread_local int producer_index = -1;  // on a producer thread: its index
 
 // ---- allocation faults ----
 
@@ -259,8 +304,13 @@ struct Observed {
   std::vector<Call> calls;  // in call-start order
   std::atomic<std::uint64_t> seq{0};
   std::unordered_map<std::uint64_t, int> reported_full, reported_shut_down, reported_failed,
-      reported_abandoned;
-  std::unordered_map<std::uint64_t, int> settled;  // delivered (call returned) or reported failed
+      reported_abandoned, reported_evicted, reported_too_large;
+  std::vector<std::uint64_t> evicted_order;           // the evicted ids, as reported
+  std::unordered_map<std::uint64_t, int> evicted_by;  // id -> the producer that reported it
+  std::vector<std::uint64_t> unsettled_at_flush;      // ids not settled when a flush returned true
+  std::uint64_t off_producer_reports = 0;  // evicted or too_large off the producers' threads
+  // Delivered (call returned), reported failed, or evicted.
+  std::unordered_map<std::uint64_t, int> settled;
   std::vector<FailedReport> failed_reports;
   std::vector<TimedShutdown> timed_shutdowns;
   std::uint64_t faults = 0;
@@ -487,6 +537,11 @@ class Round {
     const bool with_context = SinkType::form::context;
     const std::uint32_t producers = pick(1, 4);
     const std::uint32_t per_producer = pick(50, 3000);
+    // Byte bounds (and event sizes) against this round's ids.
+    ByteSizes sizes;
+    const bool byte_round = chance(0.3);
+    bool try_invalid_bytes = false;
+    if (byte_round) try_invalid_bytes = random_byte_bounds(c, sizes, producers, per_producer);
     const bool run_late = chance(0.1);
     const bool never_run = chance(0.03);
     // 0: shutdown(), 1: shutdown(deadline), 2: two callers, 3: the destructor alone (after the
@@ -521,8 +576,9 @@ class Round {
     const bool big_batch = c.max_batch_size > c.buffer_size;
     // A full buffer is a full batch: with a long max_batch_wait, blocked producers must still
     // move at full speed. Probed before the shutdown (producers do not flush in this round).
+    // (Not with a buffer bound by bytes: a buffer full by bytes need not be a full batch.)
     const bool stall_probe = big_batch && !run_late && !never_run && !c.throttle &&
-                             retry_plan.fail_rate == 0 &&
+                             c.max_buffer_bytes == 0 && retry_plan.fail_rate == 0 &&
                              c.overflow == buffered::OverflowPolicy::block &&
                              c.block_timeout == std::chrono::nanoseconds::max() && chance(0.5);
     if (stall_probe) c.max_batch_wait = 5s;
@@ -569,12 +625,36 @@ class Round {
       }
       const std::uint64_t seq = obs.seq.fetch_add(1);
       std::lock_guard<std::mutex> lock(obs.mu);
-      auto& into = kind == buffered::ErrorKind::buffer_full       ? obs.reported_full
-                   : kind == buffered::ErrorKind::shut_down       ? obs.reported_shut_down
-                   : kind == buffered::ErrorKind::delegate_failed ? obs.reported_failed
-                                                                  : obs.reported_abandoned;
+      std::unordered_map<std::uint64_t, int>* into = &obs.reported_abandoned;
+      switch (kind) {
+        case buffered::ErrorKind::buffer_full:
+          into = &obs.reported_full;
+          break;
+        case buffered::ErrorKind::shut_down:
+          into = &obs.reported_shut_down;
+          break;
+        case buffered::ErrorKind::delegate_failed:
+          into = &obs.reported_failed;
+          break;
+        case buffered::ErrorKind::abandoned:
+          break;
+        case buffered::ErrorKind::evicted:
+          into = &obs.reported_evicted;
+          break;
+        case buffered::ErrorKind::too_large:
+          into = &obs.reported_too_large;
+          break;
+      }
+      const bool on_producer =
+          kind == buffered::ErrorKind::evicted || kind == buffered::ErrorKind::too_large;
+      if (on_producer && !on_producer_thread) ++obs.off_producer_reports;
       for (const Event& e : events) {
-        ++into[e.id];
+        ++(*into)[e.id];
+        if (kind == buffered::ErrorKind::evicted) {
+          obs.evicted_order.push_back(e.id);
+          obs.evicted_by[e.id] = producer_index;
+          ++obs.settled[e.id];
+        }
         // The delegate never moves from events: a failed batch is reported as it was offered.
         if (e.payload != payload_for(e.id)) ++obs.bad_payloads;
       }
@@ -611,11 +691,44 @@ class Round {
       ~ThreadFault() { disarm(); }
     };
 
+    // refused_head[p][i]: the first refused id of the offer that refused refused[p][i] (itself
+    // for process_event; in a span, every id from the refused one on shares its kind).
     std::vector<std::vector<std::uint64_t>> accepted(producers), refused(producers),
-        not_offered(producers);
+        refused_head(producers), not_offered(producers);
     buffered::Stats stats{};
     using Backend = buffered::BufferedBackend<Event, SinkType&>;
     std::optional<Backend> backend;
+
+    // The byte_size function: in a byte round without sizes.custom none (sizeof(Event)); in a
+    // round without byte bounds sometimes one anyway, which must then never be called.
+    std::atomic<std::uint64_t> byte_size_calls{0}, byte_size_off_producer{0};
+    struct SizeCounters {
+      std::atomic<std::uint64_t>* calls;
+      std::atomic<std::uint64_t>* off_producer;
+    };
+    typename Backend::byte_size_function byte_size;
+    if (byte_round ? sizes.custom : chance(0.5)) {
+      byte_size = [counters = SizeCounters{&byte_size_calls, &byte_size_off_producer},
+                   spread = sizes.spread](const Event& e) {
+        counters.calls->fetch_add(1, std::memory_order_relaxed);
+        if (!on_producer_thread) counters.off_producer->fetch_add(1, std::memory_order_relaxed);
+        return e.payload.size() + ByteSizes::extra(e.id, spread);
+      };
+    }
+    // max_batch_bytes > max_buffer_bytes: refused, naming the field.
+    if (try_invalid_bytes) {
+      buffered::BatchConfig bad = c;
+      bad.max_batch_bytes = c.max_buffer_bytes + pick(1, 1000);
+      try {
+        Backend refused_backend(sink, bad, on_error, byte_size);
+        violation("max_batch_bytes " + std::to_string(bad.max_batch_bytes) +
+                  " > max_buffer_bytes " + std::to_string(bad.max_buffer_bytes) + " was accepted");
+      } catch (const std::invalid_argument& e) {
+        if (std::string(e.what()).find("max_batch_bytes") == std::string::npos)
+          violation(std::string("invalid max_batch_bytes refused with: ") + e.what());
+      }
+      if (!obs.calls.empty() || obs.runs != 0) violation("a refused config called the sink");
+    }
 
     // Construction: with faults, every allocation in turn fails (sometimes all from it on) and
     // the constructor is tried again, until it succeeds.
@@ -627,7 +740,7 @@ class Round {
       }
       bool threw = false;
       try {
-        backend.emplace(sink, c, on_error);
+        backend.emplace(sink, c, on_error, byte_size);
       } catch (const std::bad_alloc&) {
         threw = true;
       } catch (const std::exception& e) {
@@ -746,6 +859,27 @@ class Round {
       return result;
     };
 
+    // Sleeps for `d`, sampling Stats::queued_bytes: never above max_buffer_bytes, and 0 without
+    // a byte bound.
+    bool queued_bytes_reported = false;
+    auto watch = [&](std::chrono::microseconds d) {
+      const auto until = Clock::now() + d;
+      for (;;) {
+        const buffered::Stats s = backend->stats();
+        const bool bounded = c.max_buffer_bytes != 0 || c.max_batch_bytes != 0;
+        if (!queued_bytes_reported &&
+            (bounded ? c.max_buffer_bytes != 0 && s.queued_bytes > c.max_buffer_bytes
+                     : s.queued_bytes != 0)) {
+          queued_bytes_reported = true;
+          violation("Stats::queued_bytes " + std::to_string(s.queued_bytes) +
+                    " while the round ran, max_buffer_bytes " + std::to_string(c.max_buffer_bytes));
+        }
+        const auto now = Clock::now();
+        if (now >= until) return;
+        std::this_thread::sleep_for(std::min<Clock::duration>(until - now, 300us));
+      }
+    };
+
     std::atomic<std::uint32_t> producers_done{0};
     {
       if (!run_late && !never_run) start(false, false);
@@ -753,6 +887,8 @@ class Round {
       std::vector<std::thread> threads;
       for (std::uint32_t p = 0; p < producers; ++p) {
         threads.emplace_back([&, p] {
+          on_producer_thread = true;
+          producer_index = static_cast<int>(p);
           auto& prng = producer_rngs[p];
           std::uint32_t seq = 0;
           int after_shutdown = 0;
@@ -777,6 +913,7 @@ class Round {
                 if (!copy_allocates(id)) violation("process_event(const&) threw bad_alloc");
               } else {
                 (ok ? accepted : refused)[p].push_back(id);
+                if (!ok) refused_head[p].push_back(id);
                 if (fired) violation("process_event(const&) allocated (failure swallowed)");
               }
               ++seq;
@@ -796,6 +933,7 @@ class Round {
               }
               if (f.disarm()) violation("process_event(Event&&) allocated");
               (ok ? accepted : refused)[p].push_back(id);
+              if (!ok) refused_head[p].push_back(id);
               ++seq;
             } else if (op < 95) {
               const std::uint32_t n = std::min<std::uint32_t>(
@@ -821,8 +959,10 @@ class Round {
                 for (std::size_t i = 0; i < n; ++i)
                   (i < k ? accepted : not_offered)[p].push_back(span[i].id);
               } else {
-                for (std::size_t k = 0; k < n; ++k)
+                for (std::size_t k = 0; k < n; ++k) {
                   (k < taken ? accepted : refused)[p].push_back(span[k].id);
+                  if (k >= taken) refused_head[p].push_back(span[taken].id);
+                }
                 if (fired) violation("process_events allocated (failure swallowed)");
               }
               seq += n;
@@ -839,14 +979,14 @@ class Round {
               }
               if (f.disarm()) violation("flush() allocated (an injected failure fired in it)");
               if (flushed) {
-                // Every event this thread had accepted is delivered or failed: none waits for a
-                // retry, none was abandoned.
+                // Every event this thread had accepted is delivered, failed or evicted: none
+                // waits for a retry, none was abandoned. (Judged after the round: one evicted by
+                // another producer's thread gets its own message.)
                 std::lock_guard<std::mutex> lock(obs.mu);
                 for (; flush_checked < accepted[p].size(); ++flush_checked) {
                   const std::uint64_t id = accepted[p][flush_checked];
                   if (times_in(obs.settled, id) == 0) {
-                    violation("flush() returned true before accepted id " + std::to_string(id) +
-                              " was delivered or failed");
+                    obs.unsettled_at_flush.push_back(id);
                     break;
                   }
                 }
@@ -872,7 +1012,7 @@ class Round {
                     std::to_string(backend->stats().batches) + " after 1.5 s)");
         }
       }
-      std::this_thread::sleep_for(shutdown_after);
+      watch(shutdown_after);
       if (run_late && !never_run) {
         std::thread racer;
         if (race_run) {
@@ -888,7 +1028,7 @@ class Round {
         start(true, race_run);
         if (racer.joinable()) racer.join();
       }
-      std::this_thread::sleep_for(shutdown_after / 2);
+      watch(shutdown_after / 2);
       stop_producing = true;
 
       // A shutdown must neither throw nor allocate.
@@ -1134,6 +1274,23 @@ class Round {
     // ---- every id ----
     std::uint64_t n_accepted = 0, n_refused = 0, n_not_offered = 0;
     std::uint64_t delivered = 0, failed = 0;
+    const bool drop_oldest = c.overflow == buffered::OverflowPolicy::drop_oldest;
+    // Larger than a byte bound: refused too_large, whatever the policy.
+    auto oversized = [&](std::uint64_t id) {
+      const std::size_t bytes = sizes.of(id);
+      return (c.max_buffer_bytes != 0 && bytes > c.max_buffer_bytes) ||
+             (c.max_batch_bytes != 0 && bytes > c.max_batch_bytes);
+    };
+    auto refused_kinds = [&](std::uint64_t id) {
+      return times_in(obs.reported_full, id) + times_in(obs.reported_shut_down, id) +
+             times_in(obs.reported_too_large, id);
+    };
+    auto refused_kind = [&](std::uint64_t id) -> const char* {
+      if (times_in(obs.reported_full, id) != 0) return "buffer_full";
+      if (times_in(obs.reported_shut_down, id) != 0) return "shut_down";
+      if (times_in(obs.reported_too_large, id) != 0) return "too_large";
+      return "nothing";
+    };
     auto ended_as = [&](std::uint64_t id) -> std::optional<End> {
       const auto b = batch_of.find(id);
       if (b == batch_of.end()) return std::nullopt;
@@ -1146,13 +1303,24 @@ class Round {
       for (std::uint64_t id : accepted[p]) {
         const std::optional<End> end = ended_as(id);
         const int by_delegate = end == End::delivered ? 1 : 0;
-        const int times =
-            by_delegate + times_in(obs.reported_failed, id) + times_in(obs.reported_abandoned, id);
+        const int evicted = times_in(obs.reported_evicted, id);
+        const int times = by_delegate + times_in(obs.reported_failed, id) +
+                          times_in(obs.reported_abandoned, id) + evicted;
         if (times != 1)
           violation("accepted id " + std::to_string(id) + " ended " + std::to_string(times) +
                     " times (delivered " + std::to_string(by_delegate) + ", reported failed " +
                     std::to_string(times_in(obs.reported_failed, id)) + ", abandoned " +
-                    std::to_string(times_in(obs.reported_abandoned, id)) + ")");
+                    std::to_string(times_in(obs.reported_abandoned, id)) + ", evicted " +
+                    std::to_string(evicted) + ")");
+        if (evicted != 0 && batch_of.count(id) != 0)
+          violation("id " + std::to_string(id) + " was evicted, yet reached the delegate");
+        if (refused_kinds(id) != 0)
+          violation("accepted id " + std::to_string(id) + " was reported " + refused_kind(id));
+        if (oversized(id)) {
+          violation("accepted id " + std::to_string(id) + " of " + std::to_string(sizes.of(id)) +
+                    " bytes, above a byte bound (" + std::to_string(c.max_buffer_bytes) + ", " +
+                    std::to_string(c.max_batch_bytes) + ")");
+        }
         if ((end == End::failed) != (times_in(obs.reported_failed, id) == 1)) {
           violation("failed id " + std::to_string(id) + " not reported exactly once");
         }
@@ -1161,20 +1329,46 @@ class Round {
         if (end == End::delivered) ++delivered;
         if (end == End::failed) ++failed;
       }
-      for (std::uint64_t id : refused[p]) {
-        const int times = times_in(obs.reported_full, id) + times_in(obs.reported_shut_down, id);
+      for (std::size_t i = 0; i < refused[p].size(); ++i) {
+        const std::uint64_t id = refused[p][i];
+        const std::uint64_t head = refused_head[p][i];
+        const int times = refused_kinds(id);
         if (times != 1)
           violation("refused id " + std::to_string(id) + " reported " + std::to_string(times) +
                     " times");
-        if (batch_of.count(id) != 0 ||
-            times_in(obs.reported_failed, id) + times_in(obs.reported_abandoned, id) != 0) {
+        if (batch_of.count(id) != 0 || times_in(obs.reported_failed, id) +
+                                               times_in(obs.reported_abandoned, id) +
+                                               times_in(obs.reported_evicted, id) !=
+                                           0) {
           violation("refused id " + std::to_string(id) + " was also accepted");
+        }
+        if (times != 1) continue;
+        const std::string kind = refused_kind(id);
+        if (kind != refused_kind(head)) {
+          violation("refused id " + std::to_string(id) + " reported " + kind +
+                    ", the first refused id of its span (" + std::to_string(head) + ") " +
+                    refused_kind(head));
+        }
+        if (id == head && kind == "too_large" && !oversized(id)) {
+          violation("id " + std::to_string(id) + " of " + std::to_string(sizes.of(id)) +
+                    " bytes refused too_large, bounds " + std::to_string(c.max_buffer_bytes) +
+                    " / " + std::to_string(c.max_batch_bytes));
+        }
+        if (id == head && kind == "buffer_full" && oversized(id)) {
+          violation("id " + std::to_string(id) + " of " + std::to_string(sizes.of(id)) +
+                    " bytes (bounds " + std::to_string(c.max_buffer_bytes) + " / " +
+                    std::to_string(c.max_batch_bytes) + ") refused buffer_full, not too_large");
+        }
+        // With one producer thread drop_oldest evicts instead of refusing.
+        if (drop_oldest && producers == 1 && kind == "buffer_full") {
+          violation("drop_oldest, one producer: id " + std::to_string(id) + " refused buffer_full");
         }
       }
       for (std::uint64_t id : not_offered[p]) {
         const int times = static_cast<int>(batch_of.count(id)) + times_in(obs.reported_failed, id) +
                           times_in(obs.reported_abandoned, id) + times_in(obs.reported_full, id) +
-                          times_in(obs.reported_shut_down, id);
+                          times_in(obs.reported_shut_down, id) +
+                          times_in(obs.reported_evicted, id) + times_in(obs.reported_too_large, id);
         if (times != 0)
           violation("id " + std::to_string(id) + " whose copy threw was seen " +
                     std::to_string(times) + " times");
@@ -1188,6 +1382,53 @@ class Round {
                 " events) do not match failed batches (" + std::to_string(failed) + " events)");
     if (obs.bad_payloads != 0)
       violation(std::to_string(obs.bad_payloads) + " events arrived with a wrong payload");
+
+    // drop_oldest: only it evicts; with one producer thread, that thread's oldest events, in order.
+    if (!drop_oldest && !obs.reported_evicted.empty())
+      violation(std::to_string(obs.reported_evicted.size()) +
+                " events evicted without drop_oldest");
+    if (producers == 1) {
+      for (std::size_t i = 1; i < obs.evicted_order.size(); ++i) {
+        if (obs.evicted_order[i] <= obs.evicted_order[i - 1]) {
+          violation("one producer: evicted id " + std::to_string(obs.evicted_order[i]) +
+                    " after id " + std::to_string(obs.evicted_order[i - 1]));
+          break;
+        }
+      }
+    }
+    for (const std::uint64_t id : obs.unsettled_at_flush) {
+      const auto by = obs.evicted_by.find(id);
+      if (by != obs.evicted_by.end() && by->second != static_cast<int>(id >> 32)) {
+        violation("flush() on producer " + std::to_string(id >> 32) +
+                  "'s thread returned true before its accepted id " + std::to_string(id) +
+                  " was reported evicted (by producer " + std::to_string(by->second) +
+                  "'s thread, after the flush returned)");
+      } else {
+        violation("flush() returned true before accepted id " + std::to_string(id) +
+                  " was delivered, failed or evicted");
+      }
+    }
+    if (obs.off_producer_reports != 0) {
+      violation(std::to_string(obs.off_producer_reports) +
+                " evicted or too_large reports off the producers' threads");
+    }
+    // byte_size: only with a byte bound, once per event offered (at least every accepted one),
+    // on the producer's thread.
+    if (byte_size) {
+      const std::uint64_t calls = byte_size_calls.load();
+      const bool bounded = c.max_buffer_bytes != 0 || c.max_batch_bytes != 0;
+      if (!bounded && calls != 0)
+        violation("byte_size called " + std::to_string(calls) + " times without a byte bound");
+      if (bounded && (calls < n_accepted || calls > n_accepted + n_refused + n_not_offered)) {
+        violation("byte_size called " + std::to_string(calls) + " times for " +
+                  std::to_string(n_accepted) + " events accepted, " +
+                  std::to_string(n_accepted + n_refused + n_not_offered) + " offered");
+      }
+      if (byte_size_off_producer.load() != 0) {
+        violation("byte_size called " + std::to_string(byte_size_off_producer.load()) +
+                  " times off the producers' threads");
+      }
+    }
 
     // Order: per producer across first attempts where promised (where, too, the worker takes no
     // further batch while one waits to retry), and inside every call. Size: a batch holds at
@@ -1222,6 +1463,15 @@ class Round {
       if (call.ids.size() > batch_limit) {
         violation("a batch of " + std::to_string(call.ids.size()) + " events, limit " +
                   std::to_string(batch_limit));
+      }
+      if (c.max_batch_bytes != 0) {
+        std::size_t bytes = 0;
+        for (std::uint64_t id : call.ids) bytes += sizes.of(id);
+        if (bytes > c.max_batch_bytes) {
+          violation("a batch of " + std::to_string(call.ids.size()) + " events and " +
+                    std::to_string(bytes) + " bytes, max_batch_bytes " +
+                    std::to_string(c.max_batch_bytes));
+        }
       }
     }
 
@@ -1300,8 +1550,21 @@ class Round {
         violation("Stats.rejected_full mismatch");
       if (stats.rejected_shut_down != obs.reported_shut_down.size())
         violation("Stats.rejected_shut_down mismatch");
-      if (stats.accepted != stats.delivered + stats.failed + stats.abandoned + stats.pending)
+      if (stats.rejected_too_large != obs.reported_too_large.size())
+        violation("Stats.rejected_too_large " + std::to_string(stats.rejected_too_large) +
+                  " != reported " + std::to_string(obs.reported_too_large.size()));
+      if (stats.evicted != obs.reported_evicted.size())
+        violation("Stats.evicted " + std::to_string(stats.evicted) + " != reported " +
+                  std::to_string(obs.reported_evicted.size()));
+      if (stats.accepted + stats.rejected_full + stats.rejected_shut_down +
+              stats.rejected_too_large !=
+          n_accepted + n_refused)
+        violation("Stats: accepted + rejected_* != events offered");
+      if (stats.accepted !=
+          stats.delivered + stats.failed + stats.abandoned + stats.evicted + stats.pending)
         violation("accounting identity broken");
+      if (stats.queued_bytes != 0)
+        violation("Stats.queued_bytes " + std::to_string(stats.queued_bytes) + " after shutdown");
       if (stats.batches != obs.calls.size())
         violation("Stats.batches " + std::to_string(stats.batches) + " != delegate calls " +
                   std::to_string(obs.calls.size()));
@@ -1317,13 +1580,15 @@ class Round {
           stderr,
           "round seed=%" PRIu64
           " producers=%u per=%u buffer=%zu batch=%zu async=%d inflight=%zu "
-          "block=%d throttle=%d shutdown=%d accepted=%" PRIu64 " refused=%" PRIu64
-          " not_offered=%" PRIu64 " abandoned=%" PRIu64 " alloc_armed=%" PRIu64
-          " alloc_failed=%" PRIu64
+          "overflow=%d bytes=%zu/%zu sizes=%s%zu evicted=%zu too_large=%zu"
+          " throttle=%d shutdown=%d accepted=%" PRIu64 " refused=%" PRIu64 " not_offered=%" PRIu64
+          " abandoned=%" PRIu64 " alloc_armed=%" PRIu64 " alloc_failed=%" PRIu64
           " retry=%zu/%lldus/x%.1f/j%.1f fail_rate=%.2f"
           " context=%d calls=%zu retries=%" PRIu64 " retry_abandoned=%" PRIu64 "%s%s%s%s%s\n",
           seed_, producers, per_producer, c.buffer_size, c.max_batch_size, c.async_delegate,
-          c.max_in_flight, c.overflow == buffered::OverflowPolicy::block, c.throttle.has_value(),
+          c.max_in_flight, static_cast<int>(c.overflow), c.max_buffer_bytes, c.max_batch_bytes,
+          sizes.custom ? "+" : "sizeof", sizes.custom ? sizes.spread : sizeof(Event),
+          obs.reported_evicted.size(), obs.reported_too_large.size(), c.throttle.has_value(),
           shutdown_style, n_accepted, n_refused, n_not_offered, abandoned, alloc_armed.load(),
           alloc_failed.load(), c.retry ? c.retry->max_attempts : 0,
           c.retry ? static_cast<long long>(c.retry->initial_backoff.count() / 1000) : 0LL,
@@ -1347,6 +1612,10 @@ class Round {
     totals.retry_abandoned += n_retry_abandoned;
     totals.permanent += n_permanent;
     totals.retry_delivered += n_retry_delivered;
+    totals.byte_rounds += byte_round ? 1 : 0;
+    totals.drop_oldest_rounds += drop_oldest ? 1 : 0;
+    totals.evicted += obs.reported_evicted.size();
+    totals.too_large += obs.reported_too_large.size();
     return finish(totals, v, alloc_armed.load(), alloc_failed.load(), n_not_offered);
   }
 
@@ -1361,7 +1630,8 @@ class Round {
     return v;
   }
 
-  // After every shutdown() returned: accepted == delivered + failed + abandoned + pending. A
+  // After every shutdown() returned: accepted == delivered + failed + abandoned + evicted +
+  // pending. A
   // delegate call that outlived a deadline may still settle its events meanwhile, and the
   // counters are read one by one, so a mismatch counts only if it stays, unchanged, for 50 ms
   // (a call that outlives a deadline runs for 250 ms here). After true: nothing is pending.
@@ -1369,10 +1639,10 @@ class Round {
   static void check_shut_down(Backend& backend, bool returned_true, Violation& violation) {
     auto same = [](const buffered::Stats& a, const buffered::Stats& b) {
       return a.accepted == b.accepted && a.delivered == b.delivered && a.failed == b.failed &&
-             a.abandoned == b.abandoned && a.pending == b.pending;
+             a.abandoned == b.abandoned && a.evicted == b.evicted && a.pending == b.pending;
     };
     auto holds = [](const buffered::Stats& s) {
-      return s.accepted == s.delivered + s.failed + s.abandoned + s.pending;
+      return s.accepted == s.delivered + s.failed + s.abandoned + s.evicted + s.pending;
     };
     buffered::Stats first = backend.stats();
     if (returned_true && (first.pending != 0 || first.queued != 0)) {
@@ -1388,9 +1658,10 @@ class Round {
       if (Clock::now() - since >= 50ms || Clock::now() >= give_up) {
         violation("after shutdown: accepted " + std::to_string(s.accepted) + " != delivered " +
                   std::to_string(s.delivered) + " + failed " + std::to_string(s.failed) +
-                  " + abandoned " + std::to_string(s.abandoned) + " + pending " +
-                  std::to_string(s.pending) + " (queued " + std::to_string(s.queued) +
-                  ", in_flight " + std::to_string(s.in_flight) + ")");
+                  " + abandoned " + std::to_string(s.abandoned) + " + evicted " +
+                  std::to_string(s.evicted) + " + pending " + std::to_string(s.pending) +
+                  " (queued " + std::to_string(s.queued) + ", in_flight " +
+                  std::to_string(s.in_flight) + ")");
         return;
       }
       std::this_thread::sleep_for(200us);
@@ -1432,8 +1703,10 @@ class Round {
     c.max_batch_wait = std::chrono::microseconds(pick(50, 20000));
     c.async_delegate = chance(0.5);
     c.max_in_flight = pick(1, 4);
-    c.overflow =
-        chance(0.5) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
+    const buffered::OverflowPolicy policies[] = {buffered::OverflowPolicy::drop_newest,
+                                                 buffered::OverflowPolicy::block,
+                                                 buffered::OverflowPolicy::drop_oldest};
+    c.overflow = policies[pick(0, 2)];
     c.block_timeout = chance(0.5)
                           ? std::chrono::nanoseconds::max()
                           : std::chrono::nanoseconds(std::chrono::microseconds(pick(0, 3000)));
@@ -1441,6 +1714,79 @@ class Round {
     if (chance(0.15))
       c.throttle = buffered::Throttle{static_cast<double>(pick(4000, 50000)), pick(1, 20)};
     return c;
+  }
+
+  // Sets max_buffer_bytes and/or max_batch_bytes against the byte sizes of the round's ids, and
+  // the sizes: tiny bounds (some events alone are too large), ones that bind long before the
+  // event counts, loose ones (up to SIZE_MAX). Returns whether the round first tries a
+  // max_batch_bytes above max_buffer_bytes.
+  bool random_byte_bounds(buffered::BatchConfig& c, ByteSizes& sizes, std::uint32_t producers,
+                          std::uint32_t per_producer) {
+    sizes.custom = !chance(0.15);
+    const std::size_t spreads[] = {1, 8, 64, 1000};
+    sizes.spread = spreads[pick(0, 3)];
+    std::size_t smallest = std::numeric_limits<std::size_t>::max(), largest = 0, total = 0;
+    for (std::uint32_t p = 0; p < producers; ++p) {
+      for (std::uint32_t s = 0; s < per_producer; ++s) {
+        const std::size_t bytes = sizes.of(make_id(p, s));
+        smallest = std::min(smallest, bytes);
+        largest = std::max(largest, bytes);
+        total += bytes;
+      }
+    }
+    const std::size_t mean =
+        std::max<std::size_t>(1, total / (std::size_t{producers} * per_producer));
+    auto tiny = [&] {
+      return static_cast<std::size_t>(
+          pick(static_cast<std::uint32_t>(smallest), static_cast<std::uint32_t>(largest)));
+    };
+    auto upto = [&](std::size_t n) {
+      return static_cast<std::size_t>(pick(1, static_cast<std::uint32_t>(std::max<std::size_t>(
+                                                  1, std::min<std::size_t>(n, 100000)))));
+    };
+    const bool buffer_bound = chance(0.75);
+    const bool batch_bound = !buffer_bound || chance(0.5);
+    if (buffer_bound) {
+      switch (pick(0, 4)) {
+        case 0:
+          c.max_buffer_bytes = tiny();
+          break;
+        case 1:  // binds long before buffer_size
+          c.max_buffer_bytes = mean * upto(std::min<std::size_t>(c.buffer_size, 32));
+          break;
+        case 2:
+          c.max_buffer_bytes = mean * upto(c.buffer_size) + upto(largest);
+          break;
+        case 3:  // buffer_size binds first
+          c.max_buffer_bytes = largest * c.buffer_size + upto(largest);
+          break;
+        default:
+          c.max_buffer_bytes = std::numeric_limits<std::size_t>::max() - upto(1000);
+          break;
+      }
+    }
+    if (batch_bound) {
+      const std::size_t batch_events = std::min(c.max_batch_size, c.buffer_size);
+      switch (pick(0, 3)) {
+        case 0:
+          c.max_batch_bytes = tiny();
+          break;
+        case 1:  // binds long before max_batch_size
+          c.max_batch_bytes = mean * upto(std::min<std::size_t>(batch_events, 16));
+          break;
+        case 2:
+          c.max_batch_bytes = mean * upto(batch_events) + upto(largest);
+          break;
+        default:
+          c.max_batch_bytes = c.max_buffer_bytes != 0 ? c.max_buffer_bytes
+                                                      : std::numeric_limits<std::size_t>::max();
+          break;
+      }
+      if (c.max_buffer_bytes != 0)
+        c.max_batch_bytes = std::min(c.max_batch_bytes, c.max_buffer_bytes);
+    }
+    return c.max_buffer_bytes != 0 && c.max_batch_bytes != 0 &&
+           c.max_buffer_bytes < std::numeric_limits<std::size_t>::max() - 1000 && chance(0.2);
   }
 
   // Half the rounds retry. Short backoffs (microseconds) keep rounds short; long ones (ms) make
@@ -1552,12 +1898,14 @@ int main(int argc, char** argv) {
               " alloc_faults_armed=%" PRIu64 " alloc_faults_fired=%" PRIu64 " not_offered=%" PRIu64
               " retry_rounds=%" PRIu64 " context_rounds=%" PRIu64 " retries=%" PRIu64
               " retry_delivered=%" PRIu64 " retry_abandoned=%" PRIu64 " permanent=%" PRIu64
-              " violations=%" PRIu64 "\n",
+              " byte_rounds=%" PRIu64 " drop_oldest_rounds=%" PRIu64 " evicted=%" PRIu64
+              " too_large=%" PRIu64 " violations=%" PRIu64 "\n",
               seed, std::chrono::duration<double>(Clock::now() - t0).count(), totals.rounds,
               totals.offered, totals.delivered, totals.failed, totals.abandoned, totals.refused,
               totals.faults, totals.big_batch_rounds, totals.fault_rounds, totals.alloc_armed,
               totals.alloc_failed, totals.not_offered, totals.retry_rounds, totals.context_rounds,
               totals.retries, totals.retry_delivered, totals.retry_abandoned, totals.permanent,
+              totals.byte_rounds, totals.drop_oldest_rounds, totals.evicted, totals.too_large,
               totals.violations);
   return totals.violations == 0 ? 0 : 1;
 }

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <type_traits>
@@ -159,7 +161,7 @@ class ShardedQueue {
       lanes_[i].consumed.store(initial_position, std::memory_order_relaxed);
     }
     credits_.store(static_cast<std::int64_t>(capacity), std::memory_order_relaxed);
-    byte_credits_.store(max_bytes_, std::memory_order_relaxed);
+    byte_credits_.store(static_cast<std::int64_t>(max_bytes_), std::memory_order_relaxed);
     anchor_ = new LaneAnchor(this, &ShardedQueue::release_lane);
     anchor_id_ = anchor_->id();
     fast_id_ = sized_ ? ~std::uint64_t{0} : anchor_id_;  // no thread's cache has id ~0
@@ -225,37 +227,99 @@ class ShardedQueue {
 
   // Producer of `own`, refused for want of space (evicting queues only): removes the oldest
   // element of its own lane, or if that is empty of the other lanes in turn (starting where the
-  // consumer goes next), moves it into `out(T&&)` and gives the count and bytes it frees to
-  // `own`, so the producer's next push can use them. Returns false, taking nothing, when nothing
-  // is queued or the queue is closed. Blocks only on the spin lock it shares with the consumer.
-  // `out` must not throw.
-  template <class Out>
-  bool evict_oldest(LaneHandle own, Out&& out) noexcept {
+  // consumer goes next), gives the count and bytes it frees to `own` (so the producer's next push
+  // can use them), then calls `report(T&&)` with it, holding no lock. Returns false, taking
+  // nothing, when nothing is queued or the queue is closed. Blocks only on the spin lock it
+  // shares with the consumer. `report` must not throw. wait_evictions_reported() waits for the
+  // reports of evictions that have taken their element.
+  template <class Report>
+  bool evict_oldest(LaneHandle own, std::uint64_t need_bytes, Report&& report) noexcept {
     Lane& mine = const_cast<Lane&>(*own);
+    std::optional<T> victim;
+    const auto out = [&victim](T* first, std::size_t) { victim.emplace(std::move(*first)); };
     std::uint64_t bytes = 0;
-    bool took = false;
+    unsigned epoch = 0;
     head_lock_.lock();
     if (!closed()) {
-      for (unsigned k = 0; k <= kLanes && !took; ++k) {
+      for (unsigned k = 0; k <= kLanes && !victim; ++k) {
         Lane& lane = k == 0 ? mine : lanes_[(start_lane_ + k - 1) % kLanes];
         if (lane.published.load(std::memory_order_acquire) ==
             lane.consumed.load(std::memory_order_relaxed)) {
           continue;
         }
-        evicted_.fetch_add(1, std::memory_order_relaxed);  // before `consumed` is published
-        auto one = [&out](T* first, std::size_t) { out(std::move(*first)); };
-        pop_lane(lane, 1, one, nullptr, bytes);
-        took = true;
+        // Both before `consumed` is published: whoever sees the element gone sees them.
+        evicted_.fetch_add(1, std::memory_order_relaxed);
+        epoch = epoch_;
+        reporting_[epoch].fetch_add(1, std::memory_order_relaxed);
+        pop_lane(lane, 1, out, nullptr, bytes);
       }
     }
     head_lock_.unlock();
-    if (!took) return false;
+    if (!victim) return false;
+    // Only what the lane lacks for its push stays with it; the rest goes back to the pools, so
+    // an evicting lane holds no more in reserve than any other.
     const bool shared = &mine == &lanes_[kSharedLane];
     if (shared) shared_.lock();
-    mine.credits += 1;
-    if (max_bytes_ != 0) mine.byte_room += bytes;
+    const bool keep_slot = mine.room == 0 && mine.credits == 0;
+    if (keep_slot) mine.credits = 1;
+    std::uint64_t kept_bytes = 0;
+    if (max_bytes_ != 0) {
+      const std::int64_t room = mine.byte_room.load(std::memory_order_relaxed);
+      const std::uint64_t has = room > 0 ? static_cast<std::uint64_t>(room) : 0;
+      kept_bytes = std::min(bytes, need_bytes > has ? need_bytes - has : 0);
+      if (kept_bytes != 0) {
+        mine.byte_room.fetch_add(static_cast<std::int64_t>(kept_bytes), std::memory_order_relaxed);
+      }
+    }
     if (shared) shared_.unlock();
+    if (!keep_slot) credits_.fetch_add(1, std::memory_order_seq_cst);
+    if (bytes != kept_bytes && max_bytes_ != 0) {
+      byte_credits_.fetch_add(static_cast<std::int64_t>(bytes - kept_bytes),
+                              std::memory_order_seq_cst);
+    }
+    report(std::move(*victim));
+    victim.reset();
+    reporting_[epoch].fetch_sub(1, std::memory_order_release);
     return true;
+  }
+
+  // Any thread: waits until every eviction whose element has left the queue before the call
+  // has been reported, or until `deadline` (false then). Evictions that start meanwhile are not
+  // waited for (they count in the other epoch), so producers that keep evicting cannot hold it
+  // up. Callers are serialized by a mutex (with the deadline). Never allocates.
+  bool wait_evictions_reported(std::optional<SteadyClock::time_point> deadline) {
+    if (!evicting_) return true;
+    std::unique_lock<std::timed_mutex> lock(epoch_mu_, std::defer_lock);
+    if (deadline) {
+      if (!lock.try_lock_until(*deadline)) return false;
+    } else {
+      lock.lock();
+    }
+    // Evictions count in epoch_ while they report. First the other epoch must be empty (it
+    // is, unless a caller before us gave up at its deadline; none enter it meanwhile), then
+    // flip, so that every eviction already under way is in `old`, and wait for that.
+    Backoff backoff;
+    const auto drained = [&](unsigned epoch) {
+      while (reporting_[epoch].load(std::memory_order_acquire) != 0) {
+        if (deadline && SteadyClock::now() >= *deadline) return false;
+        backoff.pause(deadline);
+      }
+      return true;
+    };
+    head_lock_.lock();
+    const unsigned old = epoch_;
+    head_lock_.unlock();
+    if (!drained(old ^ 1)) return false;
+    head_lock_.lock();
+    epoch_ ^= 1;
+    head_lock_.unlock();
+    return drained(old);
+  }
+
+  // Any thread: no eviction is between taking its element and the end of its report.
+  bool evictions_reported() const noexcept {
+    return reporting_[0].load(std::memory_order_acquire) == 0 &&
+           reporting_[1].load(std::memory_order_acquire) == 0;
   }
 
   // Any thread: elements removed by evict_oldest() so far.
@@ -288,7 +352,22 @@ class ShardedQueue {
   // Any thread: whether a refused producer may try again with an element of `bytes`.
   bool has_space(std::uint64_t bytes = 0) const noexcept {
     return credits_.load(std::memory_order_seq_cst) > 0 &&
-           (max_bytes_ == 0 || byte_credits_.load(std::memory_order_seq_cst) >= bytes);
+           (max_bytes_ == 0 ||
+            byte_credits_.load(std::memory_order_seq_cst) >= static_cast<std::int64_t>(bytes));
+  }
+
+  // Any thread, after a refusal for bytes: takes back the bytes every lane holds in reserve
+  // (an idle producer thread's reserve would otherwise keep a large element out for as long as
+  // that thread lives). One exchange per lane; never blocks.
+  void reclaim_bytes() noexcept {
+    if (max_bytes_ == 0) return;
+    for (Lane& lane : lanes_) {
+      if (lane.byte_room.load(std::memory_order_relaxed) == 0) continue;
+      // A negative value is a push's reservation under way, about to be undone: adding it keeps
+      // the sum of the pool and the reserves unchanged.
+      const std::int64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
+      if (room != 0) byte_credits_.fetch_add(room, std::memory_order_seq_cst);
+    }
   }
 
   // Any thread, idempotent. Refuses every push that starts after it returns; pushes under way
@@ -340,7 +419,9 @@ class ShardedQueue {
     if (total != 0) {
       position_.store(position_.load(std::memory_order_relaxed) + total, std::memory_order_release);
       // Under the lock: an evictor that finds every lane empty finds their credits back.
-      if (max_bytes_ != 0) byte_credits_.fetch_add(bytes, std::memory_order_seq_cst);
+      if (max_bytes_ != 0) {
+        byte_credits_.fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_seq_cst);
+      }
       credits_.fetch_add(static_cast<std::int64_t>(total), std::memory_order_seq_cst);
     }
     if (evicting_) head_lock_.unlock();
@@ -443,7 +524,9 @@ class ShardedQueue {
     std::size_t tail_block = 0;
     std::uint64_t credits = 0;       // reserved from the pool, beyond `room`
     std::uint64_t pushed_bytes = 0;  // what `published_bytes` says
-    std::uint64_t byte_room = 0;     // bytes reserved from the byte pool, unused
+    // Bytes reserved from the byte pool, unused. Atomic (one uncontended RMW per sized push) so
+    // that reclaim_bytes() can take an idle lane's reserve back.
+    std::atomic<std::int64_t> byte_room{0};
     // The consumer's line.
     alignas(kCacheLine) std::atomic<std::uint64_t> consumed{0};
     std::atomic<std::uint64_t> consumed_bytes{0};
@@ -470,7 +553,7 @@ class ShardedQueue {
       return PushResult::full;
     }
     if constexpr (kSized) {
-      if (max_bytes_ != 0 && lane.byte_room < bytes && !refill_bytes(lane, bytes)) {
+      if (max_bytes_ != 0 && !reserve_bytes(lane, bytes)) {
         lane.busy.store(false, std::memory_order_relaxed);
         return PushResult::full;
       }
@@ -482,7 +565,6 @@ class ShardedQueue {
     --lane.room;
     if constexpr (kSized) {
       sizes_[static_cast<std::size_t>(at - slot(0, 0))] = bytes;
-      if (max_bytes_ != 0) lane.byte_room -= bytes;
       lane.pushed_bytes += bytes;
       lane.published_bytes.store(lane.pushed_bytes, std::memory_order_relaxed);  // see `published`
     }
@@ -537,26 +619,35 @@ class ShardedQueue {
     return true;
   }
 
-  // Takes from the byte pool what the lane lacks for `bytes` (at least a chunk when there is
-  // one). If the pool has too little, the lane gives back what it holds, so that with one
-  // producer a refusal means the queued bytes leave no room (and a blocked producer can wait on
-  // the pool alone).
+  // Takes `bytes` out of the lane's reserve, refilling it from the byte pool (what the lane
+  // lacks, at least a chunk when there is one). If the pool has too little, the lane gives back
+  // what it holds and the push is refused, so that with one producer a refusal means the queued
+  // bytes leave no room (and a blocked producer can wait on the pool alone).
+  [[gnu::always_inline]] bool reserve_bytes(Lane& lane, std::uint64_t bytes) noexcept {
+    const auto b = static_cast<std::int64_t>(bytes);
+    for (;;) {
+      if (lane.byte_room.fetch_sub(b, std::memory_order_acq_rel) >= b) [[likely]]
+        return true;
+      lane.byte_room.fetch_add(b, std::memory_order_relaxed);  // undo; refill, then again
+      if (!refill_bytes(lane, bytes)) return false;
+    }
+  }
+
   [[gnu::noinline]] bool refill_bytes(Lane& lane, std::uint64_t bytes) noexcept {
-    const std::uint64_t need = bytes - lane.byte_room;
-    std::uint64_t available = byte_credits_.load(std::memory_order_relaxed);
-    std::uint64_t take = 0;
+    const std::int64_t room = lane.byte_room.load(std::memory_order_relaxed);
+    const std::int64_t need = static_cast<std::int64_t>(bytes) - std::max<std::int64_t>(room, 0);
+    std::int64_t available = byte_credits_.load(std::memory_order_relaxed);
+    std::int64_t take = 0;
     do {
       if (available < need) {
-        if (lane.byte_room != 0) {
-          byte_credits_.fetch_add(lane.byte_room, std::memory_order_seq_cst);
-          lane.byte_room = 0;
-        }
+        const std::int64_t back = lane.byte_room.exchange(0, std::memory_order_acq_rel);
+        if (back != 0) byte_credits_.fetch_add(back, std::memory_order_seq_cst);
         return false;
       }
-      take = std::min(available, std::max(need, byte_chunk_));
+      take = std::min(available, std::max(need, static_cast<std::int64_t>(byte_chunk_)));
     } while (!byte_credits_.compare_exchange_weak(
         available, available - take, std::memory_order_seq_cst, std::memory_order_relaxed));
-    lane.byte_room += take;
+    lane.byte_room.fetch_add(take, std::memory_order_relaxed);
     return true;
   }
 
@@ -647,9 +738,9 @@ class ShardedQueue {
       lane.credits = 0;
       lane.room = 0;
     }
-    if (lane.byte_room != 0) {
-      self->byte_credits_.fetch_add(lane.byte_room, std::memory_order_seq_cst);
-      lane.byte_room = 0;
+    if (const std::int64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
+        room != 0) {
+      self->byte_credits_.fetch_add(room, std::memory_order_seq_cst);
     }
     self->active_.fetch_sub(1, std::memory_order_relaxed);
     lane.owned.store(false, std::memory_order_release);
@@ -679,7 +770,7 @@ class ShardedQueue {
   std::atomic<SteadyClock::rep> closed_at_{0};
 
   alignas(kCacheLine) std::atomic<std::int64_t> credits_{0};
-  alignas(kCacheLine) std::atomic<std::uint64_t> byte_credits_{0};
+  alignas(kCacheLine) std::atomic<std::int64_t> byte_credits_{0};  // < 0 briefly: see reclaim
   alignas(kCacheLine) std::atomic<unsigned> active_{0};
   std::atomic<bool> shared_used_{false};
   SpinLock shared_;
@@ -692,6 +783,9 @@ class ShardedQueue {
   unsigned start_lane_ = 0;
   std::atomic<std::uint64_t> evicted_{0};
   SpinLock head_lock_;
+  unsigned epoch_ = 0;  // guarded by head_lock_: where evictions count while they report
+  std::atomic<std::uint64_t> reporting_[2] = {0, 0};
+  std::timed_mutex epoch_mu_;  // wait_evictions_reported() callers
 };
 
 }  // namespace buffered::detail

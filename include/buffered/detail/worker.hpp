@@ -222,7 +222,8 @@ class Worker {
         sweeping = 0;
         continue;
       }
-      if (batch.size() >= max_batch_ || budget.stopped ||
+      const bool bytes_full = budget.stopped || (max_batch_bytes_ != 0 && budget.left == 0);
+      if (batch.size() >= max_batch_ || (bytes_full && !batch.empty()) ||
           (!batch.empty() && (stop || Clock::now() >= linger_deadline))) {
         dispatch(batch, first);
         continue;
