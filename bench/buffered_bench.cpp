@@ -11,6 +11,11 @@
 //   --csv FILE       also writes the lossless medians, ranges and the machine (for bench/plot.py)
 //   --hw-only        only the hardware table: contended CAS, contended fetch_add, private lines
 //
+// Besides the contenders, the library runs twice more: lossless with byte bounds set that never
+// bind (max_buffer_bytes and max_batch_bytes twice what the counts allow, a byte_size function),
+// at 1 and 2 producers, beside the same run without them in every round; and one producer at
+// full speed into a backend with each OverflowPolicy that drops (drop_newest, drop_oldest).
+//
 // References: bench/mutex_batcher.hpp (mutex + condition variable + deque), bench/
 // moodycamel_batcher.hpp (moodycamel::BlockingConcurrentQueue, where its header was found at
 // build time), bench/spsc_ring.hpp (one bare SPSC ring per producer: the ideal sharded handoff).
@@ -33,6 +38,7 @@
 #include <memory>
 #include <new>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -163,8 +169,21 @@ void as_producer(Contender& contender, F&& f) {
 
 // ---- workload 1: lossless throughput (events delivered per second) ----
 
-enum Impl { kBuffered, kMutex, kMoodycamel, kSpsc, kImpls };
-const char* const kImplNames[kImpls] = {"buffered", "mutex", "moodycamel", "spsc"};
+enum Impl { kBuffered, kBufferedBytes, kMutex, kMoodycamel, kSpsc, kImpls };
+const char* const kImplNames[kImpls] = {"buffered", "buffered_bytes", "mutex", "moodycamel",
+                                        "spsc"};
+
+// kBufferedBytes: the library with both byte bounds set so that they never bind, 64 bytes per
+// event from a byte_size function: what byte accounting costs when it is switched on. Run only
+// at these producer counts, right beside kBuffered.
+bool with_byte_bounds_row(int producers) { return producers == 1 || producers == 2; }
+
+buffered::BatchConfig byte_bound_config() {
+  buffered::BatchConfig c = bench_config();
+  c.max_buffer_bytes = kBufferSize * sizeof(Event) * 2;  // twice what buffer_size allows
+  c.max_batch_bytes = kMaxBatch * sizeof(Event) * 2;     // twice what max_batch_size allows
+  return c;
+}
 
 // Producers retry refused events until all `total` are in; the clock runs from the producers'
 // release until the contender has delivered them all (flush() returned). `contender` has
@@ -191,6 +210,17 @@ double lossless_library(int producers, std::uint64_t total) {
   buffered::BufferedBackend<Event, SumSink&> backend(sink, bench_config());
   backend.run();
   return lossless(producers, total, backend, sink);
+}
+
+double lossless_library_bytes(int producers, std::uint64_t total) {
+  SumSink sink;
+  buffered::BufferedBackend<Event, SumSink&> backend(
+      sink, byte_bound_config(), {}, [](const Event&) -> std::size_t { return sizeof(Event); });
+  backend.run();
+  const double rate = lossless(producers, total, backend, sink);
+  const auto s = backend.stats();
+  check(s.rejected_too_large == 0 && s.evicted == 0, "a byte bound that never binds refused");
+  return rate;
 }
 
 double lossless_mutex(int producers, std::uint64_t total) {
@@ -253,6 +283,8 @@ double lossless_run(Impl impl, int producers, std::uint64_t total) {
   switch (impl) {
     case kBuffered:
       return lossless_library(producers, total);
+    case kBufferedBytes:
+      return lossless_library_bytes(producers, total);
     case kMutex:
       return lossless_mutex(producers, total);
     case kMoodycamel:
@@ -265,33 +297,90 @@ double lossless_run(Impl impl, int producers, std::uint64_t total) {
   return NAN;
 }
 
-// ---- workload 2: drop-when-full at full speed ----
+// ---- workload 2: one producer offering at full speed, dropping when full ----
 
-double refused_share_library(std::uint64_t total) {
+// One run: offered events per second (the producer's loop alone, not the drain), and the shares
+// of the offered events that were delivered, evicted (drop_oldest) and refused.
+struct FullSpeed {
+  double offered_per_s, delivered, evicted, refused;
+};
+
+FullSpeed full_speed_library(buffered::OverflowPolicy policy, std::uint64_t total) {
   SumSink sink;
-  buffered::BufferedBackend<Event, SumSink&> backend(sink, bench_config());
+  buffered::BatchConfig c = bench_config();
+  c.overflow = policy;
+  buffered::BufferedBackend<Event, SumSink&> backend(sink, c);
   backend.run();
   Event e{};
   e.v[0] = 1;
   std::uint64_t refused = 0;
+  const auto t0 = Clock::now();
   for (std::uint64_t i = 0; i < total; ++i) refused += backend.process_event(e) ? 0 : 1;
+  const double offer_s = seconds_since(t0);
   backend.shutdown();
   const auto s = backend.stats();
-  check(s.rejected_full == refused && s.delivered == total - refused, "drop accounting is off");
-  return static_cast<double>(refused) / static_cast<double>(total);
+  check(s.rejected_full == refused && s.accepted == total - refused &&
+            s.accepted == s.delivered + s.evicted && s.failed == 0 && s.abandoned == 0 &&
+            s.pending == 0 && sink.delivered.load() == s.delivered &&
+            (policy == buffered::OverflowPolicy::drop_oldest || s.evicted == 0),
+        "drop accounting is off");
+  const auto t = static_cast<double>(total);
+  return {t / offer_s, static_cast<double>(s.delivered) / t, static_cast<double>(s.evicted) / t,
+          static_cast<double>(refused) / t};
 }
 
-double refused_share_mutex(std::uint64_t total) {
+FullSpeed full_speed_mutex(std::uint64_t total) {
   SumSink sink;
   std::uint64_t refused = 0;
+  double offer_s = 0;
   {
     bench::MutexBatcher<Event, SumSink> batcher(sink, kBufferSize, kMaxBatch, kMaxWait);
     Event e{};
     e.v[0] = 1;
+    const auto t0 = Clock::now();
     for (std::uint64_t i = 0; i < total; ++i) refused += batcher.process_event(e) ? 0 : 1;
+    offer_s = seconds_since(t0);
     batcher.flush();
   }
-  return static_cast<double>(refused) / static_cast<double>(total);
+  check(sink.delivered.load() == total - refused, "the mutex batcher lost events");
+  const auto t = static_cast<double>(total);
+  return {t / offer_s, static_cast<double>(total - refused) / t, 0.0,
+          static_cast<double>(refused) / t};
+}
+
+// The producer's path alone, without the worker's company: one thread fills a backend that is
+// not running (so nothing is taken out) with buffer_size events, timing only the offers, `reps`
+// times, alternating with and without byte bounds. Returns ns per process_event for each. The
+// first fill of each kind is a warm-up (it touches the buffer's pages; later backends reuse them).
+struct OfferCost {
+  double plain_ns, bytes_ns;
+};
+
+OfferCost offer_cost(int reps) {
+  SumSink sink;
+  double seconds[2] = {0, 0};
+  for (int r = -1; r < reps; ++r) {
+    for (int with_bytes = 0; with_bytes < 2; ++with_bytes) {
+      std::optional<buffered::BufferedBackend<Event, SumSink&>> backend;
+      if (with_bytes) {
+        backend.emplace(sink, byte_bound_config(),
+                        buffered::BufferedBackend<Event, SumSink&>::error_handler{},
+                        [](const Event&) -> std::size_t { return sizeof(Event); });
+      } else {
+        backend.emplace(sink, bench_config());
+      }
+      Event e{};
+      e.v[0] = 1;
+      std::size_t accepted = 0;
+      const auto t0 = Clock::now();
+      for (std::size_t i = 0; i < kBufferSize; ++i) accepted += backend->process_event(e) ? 1 : 0;
+      const double s = seconds_since(t0);
+      check(accepted == kBufferSize, "one producer was refused below buffer_size");
+      if (r >= 0) seconds[with_bytes] += s;
+    }
+  }
+  const double n = static_cast<double>(kBufferSize) * reps;
+  return {seconds[0] / n * 1e9, seconds[1] / n * 1e9};
 }
 
 // ---- workload 3: enqueue latency under 2 producers ----
@@ -693,9 +782,15 @@ int main(int argc, char** argv) {
   if (!hw_only) {
     for (int r = 0; r < rounds; ++r) {  // interleaved: drift hits every contender alike
       for (std::size_t c = 0; c < counts; ++c) {
+        const int p = producer_counts[c];
         for (int impl = 0; impl < kImpls; ++impl) {
-          runs[impl][c].push_back(
-              lossless_run(static_cast<Impl>(impl), producer_counts[c], events));
+          if (impl == kBufferedBytes && !with_byte_bounds_row(p)) continue;
+          // The byte-bound run and the run without take turns at going first.
+          int run = impl;
+          if (with_byte_bounds_row(p) && r % 2 == 1 && impl <= kBufferedBytes) {
+            run = impl == kBuffered ? kBufferedBytes : kBuffered;
+          }
+          runs[run][c].push_back(lossless_run(static_cast<Impl>(run), p, events));
         }
       }
     }
@@ -704,11 +799,24 @@ int main(int argc, char** argv) {
   for (int impl = 0; impl < kImpls; ++impl) {
     for (std::size_t c = 0; c < counts; ++c) lossless_sum[impl].push_back(summarize(runs[impl][c]));
   }
+  // What byte bounds cost: per round, the byte-bound run over the run without, side by side.
+  std::vector<Summary> bytes_cost(counts, Summary{NAN, NAN, NAN});
+  for (std::size_t c = 0; c < counts; ++c) {
+    const auto& with = runs[kBufferedBytes][c];
+    const auto& without = runs[kBuffered][c];
+    if (with.empty() || with.size() != without.size()) continue;
+    std::vector<double> paired;
+    for (std::size_t r = 0; r < with.size(); ++r) paired.push_back(with[r] / without[r]);
+    bytes_cost[c] = summarize(paired);
+  }
 
   if (csv_path) {
     std::FILE* f = std::fopen(csv_path, "w");
     check(f != nullptr, "cannot write the --csv file");
     std::fprintf(f, "# buffered_bench: lossless delivered events/s, median/min/max over rounds\n");
+    std::fprintf(f,
+                 "# buffered_bytes: buffered with max_buffer_bytes and max_batch_bytes set but "
+                 "never binding (1 and 2 producers)\n");
     std::fprintf(f, "# cpu=%s\n# cpuinfo_processors=%d\n# hardware_concurrency=%u\n",
                  machine.cpu.c_str(), machine.cpuinfo_processors, machine.hardware_concurrency);
     std::fprintf(f, "# compiler=%s\n# date=%s\n# rounds=%d\n# events=%llu\n",
@@ -736,11 +844,23 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  std::vector<double> drop_lib, drop_mtx;
+  std::vector<FullSpeed> newest_lib, newest_mtx, oldest_lib;
   for (int r = 0; r < rounds; ++r) {
-    drop_lib.push_back(refused_share_library(events));
-    drop_mtx.push_back(refused_share_mutex(events));
+    newest_lib.push_back(full_speed_library(buffered::OverflowPolicy::drop_newest, events));
+    newest_mtx.push_back(full_speed_mutex(events));
+    oldest_lib.push_back(full_speed_library(buffered::OverflowPolicy::drop_oldest, events));
   }
+  const int offer_reps = static_cast<int>(std::max<std::uint64_t>(2, events / kBufferSize / 10));
+  std::vector<double> offer_plain, offer_bytes, offer_diff;
+  for (int r = 0; r < rounds; ++r) {
+    const OfferCost cost = offer_cost(offer_reps);
+    offer_plain.push_back(cost.plain_ns);
+    offer_bytes.push_back(cost.bytes_ns);
+    offer_diff.push_back(cost.bytes_ns - cost.plain_ns);
+  }
+  std::vector<double> drop_lib, drop_mtx;
+  for (const FullSpeed& f : newest_lib) drop_lib.push_back(f.refused);
+  for (const FullSpeed& f : newest_mtx) drop_mtx.push_back(f.refused);
   const std::uint64_t latency_events = std::min<std::uint64_t>(events / 2, 1'000'000);
   std::vector<Percentiles> lat_runs[3];  // buffered, mutex, moodycamel; interleaved
   for (int r = 0; r < rounds; ++r) {
@@ -794,12 +914,58 @@ int main(int argc, char** argv) {
         fmt("%.1f", mc / 1e6).c_str(), fmt("%.1f", spsc / 1e6).c_str(), ratio(lib, mtx).c_str(),
         ratio(lib, mc).c_str(), ratio(lib, best).c_str(), ratio(lib, spsc).c_str(), target.c_str());
   }
+  for (std::size_t c = 0; c < counts; ++c) {  // beside the rows above, from the same rounds
+    const int p = producer_counts[c];
+    const double bytes = lossless_sum[kBufferedBytes][c].median;
+    if (std::isnan(bytes)) continue;
+    const double mtx = lossless_sum[kMutex][c].median;
+    const double mc = lossless_sum[kMoodycamel][c].median;
+    const double spsc = lossless_sum[kSpsc][c].median;
+    const double best = std::isnan(mc) ? mtx : std::max(mtx, mc);
+    const Summary& cost = bytes_cost[c];
+    std::string range;
+    if (rounds > 1) range = " (rounds " + fmt("%.2f", cost.min) + "-" + fmt("%.2f", cost.max) + ")";
+    std::printf(
+        "| lossless, %d producer%s, byte bounds set, never binding (M events/s) | %s | - | - | - | "
+        "%s | %s | %s | %s | byte bounds cost: %s of no bounds%s |\n",
+        p, p == 1 ? "" : "s", fmt("%.1f", bytes / 1e6).c_str(), ratio(bytes, mtx).c_str(),
+        ratio(bytes, mc).c_str(), ratio(bytes, best).c_str(), ratio(bytes, spsc).c_str(),
+        fmt("%.2f", cost.median).c_str(), range.c_str());
+  }
+  std::printf(
+      "| process_event alone, 1 producer, backend not running (ns per event): no bounds / byte "
+      "bounds set, never binding | %s / %s | - | - | - | - | - | - | - | byte bounds cost: %s ns "
+      "per event |\n",
+      fmt("%.1f", summarize(offer_plain).median).c_str(),
+      fmt("%.1f", summarize(offer_bytes).median).c_str(),
+      fmt("%+.1f", summarize(offer_diff).median).c_str());
   const Summary drop_l = summarize(drop_lib), drop_m = summarize(drop_mtx);
   std::printf(
       "| drop-when-full, 1 producer: refused, median / max of %d | %.3f%% / %.3f%% | %.3f%% / "
       "%.3f%% | - | - | - | - | - | - | <= 1%% median%s, no run > 3%%%s |\n",
       rounds, drop_l.median * 100, drop_l.max * 100, drop_m.median * 100, drop_m.max * 100,
       verdict(drop_l.median, 0.01, false).c_str(), verdict(drop_l.max, 0.03, false).c_str());
+  // The offered rate is the median over rounds; the shares are those of the round that
+  // delivered the median share, so that they add up.
+  const auto full_speed_cell = [](std::vector<FullSpeed> v) {
+    std::vector<double> rate;
+    for (const FullSpeed& f : v) rate.push_back(f.offered_per_s);
+    std::sort(v.begin(), v.end(),
+              [](const FullSpeed& a, const FullSpeed& b) { return a.delivered < b.delivered; });
+    const FullSpeed& mid = v[v.size() / 2];
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "%.1f; %.2f%% / %.2f%% / %.2f%%", summarize(rate).median / 1e6,
+                  mid.delivered * 100, mid.evicted * 100, mid.refused * 100);
+    return std::string(buf);
+  };
+  std::printf(
+      "| drop_newest, 1 producer at full speed: offered (M events/s); delivered / evicted / "
+      "refused, median of %d | %s | %s | - | - | - | - | - | - | reported |\n",
+      rounds, full_speed_cell(newest_lib).c_str(), full_speed_cell(newest_mtx).c_str());
+  std::printf(
+      "| drop_oldest, 1 producer at full speed: offered (M events/s); delivered / evicted / "
+      "refused, median of %d | %s | - | - | - | - | - | - | - | reported |\n",
+      rounds, full_speed_cell(oldest_lib).c_str());
   std::printf(
       "| process_event p50 / p99 / p99.9, 2 producers, medians (ns) | %s / %s / %s | %s / %s / %s "
       "| %s / %s "
@@ -833,12 +999,24 @@ int main(int argc, char** argv) {
   std::printf(
       "\nmoodycamel: %s. SPSC ring: one bare ring per producer (%s), the consumer sweeps them "
       "round robin; the ideal sharded handoff, no batching policy, no wake-ups. Best batcher: the "
-      "faster of mutex+deque and moodycamel.\n",
+      "faster of mutex+deque and moodycamel. Byte bounds set, never binding: max_buffer_bytes "
+      "%zu and max_batch_bytes %zu (twice what the counts allow), byte_size a function returning "
+      "%zu; its cost is the median over rounds of its events/s over those of the run without, "
+      "side by side (1.00: free); lossless, the producer and the worker share the cores, so a "
+      "slower producer can even raise it. The process_event-alone row times one thread filling "
+      "a backend that is not running with %zu events, %d times per round with and without byte "
+      "bounds in turn; its cost is the median of the per-round differences. The drop_newest "
+      "row and the drop-when-full row are the same runs. "
+      "At full speed: one producer offers %llu events as fast as it can, nobody retries; offered "
+      "is the producer's loop alone, the shares are of the offered events after shutdown (from "
+      "Stats), from the round with the median delivered share.\n",
       kHaveMoodycamel ? "BlockingConcurrentQueue, a ProducerToken per producer, enqueue with at "
                         "most 10000 queued (slots reserved 32 at a time; blocks pre-allocated), "
                         "wait_dequeue_bulk_timed into batches of up to 400"
                       : "not built (blockingconcurrentqueue.h not found)",
-      "about 10000 slots in all");
+      "about 10000 slots in all", byte_bound_config().max_buffer_bytes,
+      byte_bound_config().max_batch_bytes, sizeof(Event), kBufferSize, offer_reps,
+      static_cast<unsigned long long>(events));
   std::printf("load average at the end: %s (a busy machine makes every figure above noisy)\n",
               load_average().c_str());
   return 0;
