@@ -469,8 +469,8 @@ class BufferedBackend {
   using LaneHandle = typename detail::ShardedQueue<Event>::LaneHandle;
 
   // Without byte bounds the queue's fast path takes the event; with them, try_emplace answers
-  // `sized` (taking nothing) and offer_refused() goes the sized way, so the common path pays no
-  // test for the feature.
+  // `sized` (taking nothing) and offer() goes the sized way (offer_sized), so the common path pays
+  // no test for the feature.
   template <class... Args>
   [[gnu::always_inline]] detail::PushResult offer(Args&&... args) {
     LaneHandle lane = nullptr;
@@ -479,6 +479,7 @@ class BufferedBackend {
       parker_.notify_published([&] { return queue_.queued(lane); });
       return result;
     }
+    if (result == detail::PushResult::sized) return offer_sized(std::forward<Args>(args)...);
     return offer_refused(result, lane, 0, std::forward<Args>(args)...);  // nothing was moved
   }
 
@@ -496,7 +497,8 @@ class BufferedBackend {
   // One push (sized or not) and, if it succeeded, the wake-up check. Moves from `args` only
   // when it succeeds.
   template <class... Args>
-  detail::PushResult push_once(LaneHandle& lane, std::uint64_t bytes, Args&&... args) {
+  [[gnu::always_inline]] detail::PushResult push_once(LaneHandle& lane, std::uint64_t bytes,
+                                                      Args&&... args) {
     if (!sized_) {
       const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
       if (result == detail::PushResult::ok) {
@@ -516,7 +518,6 @@ class BufferedBackend {
   template <class... Args>
   [[gnu::noinline]] detail::PushResult offer_refused(detail::PushResult result, LaneHandle lane,
                                                      std::uint64_t bytes, Args&&... args) {
-    if (result == detail::PushResult::sized) return offer_sized(std::forward<Args>(args)...);
     if (result != detail::PushResult::full) return result;
     parker_.notify_full();
     if (config_.max_buffer_bytes != 0) {

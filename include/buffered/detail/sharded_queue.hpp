@@ -208,7 +208,8 @@ class ShardedQueue {
   // As try_emplace, for a sized queue: the element counts `bytes` (refused, `full`, when they do
   // not fit in what max_bytes leaves; the caller refuses an element larger than max_bytes).
   template <class... Args>
-  PushResult try_emplace_sized(LaneHandle& lane_out, std::uint64_t bytes, Args&&... args) noexcept {
+  [[gnu::always_inline]] PushResult try_emplace_sized(LaneHandle& lane_out, std::uint64_t bytes,
+                                                      Args&&... args) noexcept {
     Lane* lane = nullptr;
     const LaneCache& cache = lane_cache;
     if (cache.id == anchor_id_) {
