@@ -20,15 +20,6 @@ namespace {
 using namespace buffered_test;
 using buffered::ErrorKind;
 
-// An event that carries its own byte size.
-struct Item {
-  std::uint32_t producer = 0;
-  std::uint64_t seq = 0;
-  std::size_t bytes = 0;
-};
-
-std::size_t item_bytes(const Item& item) { return item.bytes; }
-
 using Key = std::pair<std::uint32_t, std::uint64_t>;
 Key key(const Item& item) { return {item.producer, item.seq}; }
 

@@ -12,19 +12,6 @@ namespace {
 
 using namespace buffered_test;
 
-// An event that carries its own byte size.
-struct Item {
-  std::uint32_t producer = 0;
-  std::uint64_t seq = 0;
-  std::size_t bytes = 0;
-  friend bool operator==(const Item&, const Item&) = default;
-  friend std::ostream& operator<<(std::ostream& os, const Item& i) {
-    return os << "{p" << i.producer << " #" << i.seq << " " << i.bytes << "B}";
-  }
-};
-
-std::size_t item_bytes(const Item& item) { return item.bytes; }
-
 using Sink = RecordingSink<Item>;
 using Backend = buffered::BufferedBackend<Item, Sink&>;
 using Batches = std::vector<std::vector<Item>>;

@@ -18,19 +18,6 @@ namespace {
 using namespace buffered_test;
 using buffered::ErrorKind;
 
-// An event that carries its own byte size.
-struct Item {
-  std::uint32_t producer = 0;
-  std::uint64_t seq = 0;
-  std::size_t bytes = 0;
-  friend bool operator==(const Item&, const Item&) = default;
-  friend std::ostream& operator<<(std::ostream& os, const Item& i) {
-    return os << "{p" << i.producer << " #" << i.seq << " " << i.bytes << "B}";
-  }
-};
-
-std::size_t item_bytes(const Item& item) { return item.bytes; }
-
 using Sink = RecordingSink<Item>;
 
 // The count is never what binds here (1000 events): only the bytes are.
@@ -44,16 +31,6 @@ buffered::BatchConfig blocking(std::size_t max_buffer_bytes, std::size_t max_bat
   c.block_timeout = timeout;
   c.max_buffer_bytes = max_buffer_bytes;
   return c;
-}
-
-// After an unbounded shutdown: every accepted event is done and every offered one counted once.
-void expect_settled(const buffered::Stats& s, std::uint64_t offered) {
-  EXPECT_EQ(s.accepted, s.delivered + s.failed + s.abandoned + s.evicted + s.pending);
-  EXPECT_EQ(s.pending, 0u);
-  EXPECT_EQ(offered, s.accepted + s.rejected_full + s.rejected_shut_down + s.rejected_too_large);
-  EXPECT_EQ(s.queued, 0u);
-  EXPECT_EQ(s.queued_bytes, 0u);
-  EXPECT_EQ(s.in_flight, 0u);
 }
 
 // A delegate that records each batch when its call begins, then returns only once it is given a

@@ -21,19 +21,6 @@ namespace {
 using namespace buffered_test;
 using buffered::ErrorKind;
 
-// An event that carries its own byte size.
-struct Item {
-  std::uint32_t producer = 0;
-  std::uint64_t seq = 0;
-  std::size_t bytes = 1;
-  friend bool operator==(const Item&, const Item&) = default;
-  friend std::ostream& operator<<(std::ostream& os, const Item& i) {
-    return os << "{p" << i.producer << " #" << i.seq << " " << i.bytes << "B}";
-  }
-};
-
-std::size_t item_bytes(const Item& item) { return item.bytes; }
-
 std::vector<Item> items(std::uint64_t first, std::uint64_t n, std::size_t bytes = 1) {
   std::vector<Item> out;
   for (std::uint64_t i = first; i < first + n; ++i) out.push_back(Item{0, i, bytes});
@@ -118,16 +105,6 @@ buffered::BatchConfig dropping(std::size_t buffer_size, std::size_t max_buffer_b
   c.overflow = buffered::OverflowPolicy::drop_oldest;
   c.max_buffer_bytes = max_buffer_bytes;
   return c;
-}
-
-// The identity after an unbounded shutdown, and every offered event counted once.
-void expect_settled(const buffered::Stats& s, std::uint64_t offered) {
-  EXPECT_EQ(s.accepted, s.delivered + s.failed + s.abandoned + s.evicted + s.pending);
-  EXPECT_EQ(s.pending, 0u);
-  EXPECT_EQ(offered, s.accepted + s.rejected_full + s.rejected_shut_down + s.rejected_too_large);
-  EXPECT_EQ(s.queued, 0u);
-  EXPECT_EQ(s.queued_bytes, 0u);
-  EXPECT_EQ(s.in_flight, 0u);
 }
 
 using Sink = RecordingSink<Item>;

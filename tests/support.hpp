@@ -8,6 +8,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <ostream>
 #include <span>
 #include <string>
 #include <thread>
@@ -32,6 +33,30 @@ inline constexpr auto kSlack = 5s;
 // A duration in milliseconds, for readable comparisons and failure messages.
 inline double millis(Clock::duration d) {
   return std::chrono::duration<double, std::milli>(d).count();
+}
+
+// An event that carries its own byte size (the byte-bound and drop_oldest tests).
+struct Item {
+  std::uint32_t producer = 0;
+  std::uint64_t seq = 0;
+  std::size_t bytes = 0;
+  friend bool operator==(const Item&, const Item&) = default;
+  friend std::ostream& operator<<(std::ostream& os, const Item& i) {
+    return os << "{p" << i.producer << " #" << i.seq << " " << i.bytes << "B}";
+  }
+};
+
+inline std::size_t item_bytes(const Item& item) { return item.bytes; }
+
+// After an unbounded shutdown: every accepted event is done (the identity, with `evicted`) and
+// every offered one counted once.
+inline void expect_settled(const buffered::Stats& s, std::uint64_t offered) {
+  EXPECT_EQ(s.accepted, s.delivered + s.failed + s.abandoned + s.evicted + s.pending);
+  EXPECT_EQ(s.pending, 0u);
+  EXPECT_EQ(offered, s.accepted + s.rejected_full + s.rejected_shut_down + s.rejected_too_large);
+  EXPECT_EQ(s.queued, 0u);
+  EXPECT_EQ(s.queued_bytes, 0u);
+  EXPECT_EQ(s.in_flight, 0u);
 }
 
 // An event that says who produced it and in what order.

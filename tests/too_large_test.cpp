@@ -17,19 +17,6 @@ using namespace buffered_test;
 using buffered::ErrorKind;
 using buffered::OverflowPolicy;
 
-// An event that carries its own byte size.
-struct Item {
-  std::uint32_t producer = 0;
-  std::uint64_t seq = 0;
-  std::size_t bytes = 0;
-  friend bool operator==(const Item&, const Item&) = default;
-  friend std::ostream& operator<<(std::ostream& os, const Item& i) {
-    return os << "{p" << i.producer << " #" << i.seq << " " << i.bytes << "B}";
-  }
-};
-
-std::size_t item_bytes(const Item& item) { return item.bytes; }
-
 using Sink = RecordingSink<Item>;
 using Backend = buffered::BufferedBackend<Item, Sink&>;
 
@@ -72,16 +59,6 @@ buffered::BatchConfig config(const Bounds& b, OverflowPolicy policy, std::size_t
   c.max_buffer_bytes = b.buffer_bytes;
   c.max_batch_bytes = b.batch_bytes;
   return c;
-}
-
-// After an unbounded shutdown: every accepted event is done and every offered one counted once.
-void expect_settled(const buffered::Stats& s, std::uint64_t offered) {
-  EXPECT_EQ(s.accepted, s.delivered + s.failed + s.abandoned + s.evicted + s.pending);
-  EXPECT_EQ(s.pending, 0u);
-  EXPECT_EQ(offered, s.accepted + s.rejected_full + s.rejected_shut_down + s.rejected_too_large);
-  EXPECT_EQ(s.queued, 0u);
-  EXPECT_EQ(s.queued_bytes, 0u);
-  EXPECT_EQ(s.in_flight, 0u);
 }
 
 // Runs `offer` on another thread and returns its result. If it has not returned within
