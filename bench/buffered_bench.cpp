@@ -15,6 +15,9 @@
 // bind (max_buffer_bytes and max_batch_bytes twice what the counts allow, a byte_size function),
 // at 1 and 2 producers, beside the same run without them in every round; and one producer at
 // full speed into a backend with each OverflowPolicy that drops (drop_newest, drop_oldest).
+// For each drop-when-full round it also shows where the consumer thread's time went while the
+// producer offered (on a CPU, waiting for one, neither), read from /proc and the thread's CPU
+// clock: refusals at full speed come from the time the consumer does not run.
 //
 // References: bench/mutex_batcher.hpp (mutex + condition variable + deque), bench/
 // moodycamel_batcher.hpp (moodycamel::BlockingConcurrentQueue, where its header was found at
@@ -22,6 +25,7 @@
 // Prints Markdown tables. Not a test: it asserts nothing about speed.
 #include <buffered/buffered_backend.hpp>
 
+#include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -299,10 +303,95 @@ double lossless_run(Impl impl, int producers, std::uint64_t total) {
 
 // ---- workload 2: one producer offering at full speed, dropping when full ----
 
-// One run: offered events per second (the producer's loop alone, not the drain), and the shares
-// of the offered events that were delivered, evicted (drop_oldest) and refused.
+// Where the consumer thread's time went while the producer offered (Linux; zeros elsewhere):
+// a refusal at full speed means the consumer fell behind, and this tells whether it was working
+// (on a CPU), runnable but kept off one by the kernel (waiting: e.g. woken onto the producer's
+// busy CPU), or neither: parked, or runnable while its vCPU itself was not running, which the
+// guest cannot see (the hypervisor's steal).
+struct ConsumerTimes {
+  bool known = false;
+  double wall_ms = 0, cpu_ms = 0, wait_ms = 0;
+  long parks = 0;  // voluntary context switches
+};
+
+// The thread ids of this process.
+std::vector<long> task_ids() {
+  std::vector<long> ids;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (const dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') ids.push_back(std::atol(e->d_name));
+    }
+    closedir(d);
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+// The one thread in `after` that is not in `before` (the consumer a contender started), or 0.
+long new_task(const std::vector<long>& before, const std::vector<long>& after) {
+  std::vector<long> added;
+  std::set_difference(after.begin(), after.end(), before.begin(), before.end(),
+                      std::back_inserter(added));
+  return added.size() == 1 ? added[0] : 0;
+}
+
+// A sample of thread `tid`: CPU time (its thread CPU clock, exact while it runs), time runnable
+// but waiting for a CPU (schedstat: counted when the wait ends), voluntary switches (status).
+struct ThreadSample {
+  bool ok = false;
+  Clock::time_point at{};
+  double cpu_ms = 0, wait_ms = 0;
+  long parks = 0;
+};
+
+ThreadSample sample_thread(long tid) {
+  ThreadSample s;
+  s.at = Clock::now();
+  if (tid == 0) return s;
+  // The kernel's clock id for a thread's CPU time (what glibc's pthread_getcpuclockid makes):
+  // CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD_MASK under the bitwise-not of the thread id.
+  const auto clock = static_cast<clockid_t>((~static_cast<unsigned>(tid) << 3) | 6u);
+  timespec ts{};
+  if (clock_gettime(clock, &ts) != 0) return s;
+  s.cpu_ms = static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%ld/schedstat", tid);
+  std::FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return s;
+  unsigned long long run_ns = 0, wait_ns = 0;
+  const bool read = std::fscanf(f, "%llu %llu", &run_ns, &wait_ns) == 2;
+  std::fclose(f);
+  if (!read) return s;
+  s.wait_ms = static_cast<double>(wait_ns) / 1e6;
+  std::snprintf(path, sizeof path, "/proc/self/task/%ld/status", tid);
+  f = std::fopen(path, "r");
+  if (f == nullptr) return s;
+  char line[128];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::sscanf(line, "voluntary_ctxt_switches: %ld", &s.parks) == 1) s.ok = true;
+  }
+  std::fclose(f);
+  return s;
+}
+
+ConsumerTimes consumer_times(const ThreadSample& a, const ThreadSample& b) {
+  ConsumerTimes t;
+  t.known = a.ok && b.ok;
+  t.wall_ms = std::chrono::duration<double, std::milli>(b.at - a.at).count();
+  t.cpu_ms = b.cpu_ms - a.cpu_ms;
+  // schedstat counts a wait when it ends; b's was read once the thread had run again, so cap
+  // what it counts past the end of the loop.
+  t.wait_ms = std::min(b.wait_ms - a.wait_ms, std::max(0.0, t.wall_ms - t.cpu_ms));
+  t.parks = b.parks - a.parks;
+  return t;
+}
+
+// One run: offered events per second (the producer's loop alone, not the drain), the shares
+// of the offered events that were delivered, evicted (drop_oldest) and refused, and the
+// consumer thread's time during the producer's loop.
 struct FullSpeed {
   double offered_per_s, delivered, evicted, refused;
+  ConsumerTimes consumer;
 };
 
 FullSpeed full_speed_library(buffered::OverflowPolicy policy, std::uint64_t total) {
@@ -310,13 +399,19 @@ FullSpeed full_speed_library(buffered::OverflowPolicy policy, std::uint64_t tota
   buffered::BatchConfig c = bench_config();
   c.overflow = policy;
   buffered::BufferedBackend<Event, SumSink&> backend(sink, c);
+  const std::vector<long> before = task_ids();
   backend.run();
+  const long worker = new_task(before, task_ids());
   Event e{};
   e.v[0] = 1;
   std::uint64_t refused = 0;
+  const ThreadSample w0 = sample_thread(worker);
   const auto t0 = Clock::now();
   for (std::uint64_t i = 0; i < total; ++i) refused += backend.process_event(e) ? 0 : 1;
   const double offer_s = seconds_since(t0);
+  ThreadSample w1 = sample_thread(worker);
+  backend.flush();  // the worker has run since: a wait still under way at w1 is counted now
+  w1.wait_ms = sample_thread(worker).wait_ms;
   backend.shutdown();
   const auto s = backend.stats();
   check(s.rejected_full == refused && s.accepted == total - refused &&
@@ -326,26 +421,33 @@ FullSpeed full_speed_library(buffered::OverflowPolicy policy, std::uint64_t tota
         "drop accounting is off");
   const auto t = static_cast<double>(total);
   return {t / offer_s, static_cast<double>(s.delivered) / t, static_cast<double>(s.evicted) / t,
-          static_cast<double>(refused) / t};
+          static_cast<double>(refused) / t, consumer_times(w0, w1)};
 }
 
 FullSpeed full_speed_mutex(std::uint64_t total) {
   SumSink sink;
   std::uint64_t refused = 0;
   double offer_s = 0;
+  ConsumerTimes consumer;
   {
+    const std::vector<long> before = task_ids();
     bench::MutexBatcher<Event, SumSink> batcher(sink, kBufferSize, kMaxBatch, kMaxWait);
+    const long thread = new_task(before, task_ids());
     Event e{};
     e.v[0] = 1;
+    const ThreadSample c0 = sample_thread(thread);
     const auto t0 = Clock::now();
     for (std::uint64_t i = 0; i < total; ++i) refused += batcher.process_event(e) ? 0 : 1;
     offer_s = seconds_since(t0);
-    batcher.flush();
+    ThreadSample c1 = sample_thread(thread);
+    batcher.flush();  // as in full_speed_library
+    c1.wait_ms = sample_thread(thread).wait_ms;
+    consumer = consumer_times(c0, c1);
   }
   check(sink.delivered.load() == total - refused, "the mutex batcher lost events");
   const auto t = static_cast<double>(total);
   return {t / offer_s, static_cast<double>(total - refused) / t, 0.0,
-          static_cast<double>(refused) / t};
+          static_cast<double>(refused) / t, consumer};
 }
 
 // The producer's path alone, without the worker's company: one thread fills a backend that is
@@ -684,6 +786,39 @@ std::string verdict(double value, double bound, bool at_least) {
   return (at_least ? value >= bound : value <= bound) ? ": met" : ": MISSED";
 }
 
+// Per round of drop-when-full: the refused share, and where the consumer thread's time went
+// while the producer offered (ConsumerTimes).
+void print_drop_rounds(const std::vector<FullSpeed>& lib, const std::vector<FullSpeed>& mtx) {
+  std::printf(
+      "\n| drop-when-full, round | contender | refused | the producer's loop (ms) | its consumer "
+      "meanwhile: on a CPU (ms) | runnable, waiting for a CPU (ms) | neither (ms) | parks |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  const auto row = [](std::size_t round, const char* name, const FullSpeed& f) {
+    const ConsumerTimes& c = f.consumer;
+    if (!c.known) {
+      std::printf("| %zu | %s | %.3f%% | - | - | - | - | - |\n", round, name, f.refused * 100);
+      return;
+    }
+    std::printf("| %zu | %s | %.3f%% | %.1f | %.1f | %.1f | %.1f | %ld |\n", round, name,
+                f.refused * 100, c.wall_ms, c.cpu_ms, c.wait_ms,
+                std::max(0.0, c.wall_ms - c.cpu_ms - c.wait_ms), c.parks);
+  };
+  for (std::size_t r = 0; r < lib.size() && r < mtx.size(); ++r) {
+    row(r + 1, "buffered", lib[r]);
+    row(r + 1, "mutex+deque", mtx[r]);
+  }
+  std::vector<double> rates;
+  for (const FullSpeed& f : lib) rates.push_back(f.offered_per_s);
+  const double rate = summarize(rates).median;
+  std::printf(
+      "\nA consumer that keeps up is on a CPU for the whole loop. Runnable, waiting: the guest "
+      "kernel ran something else on its CPU, or woke it onto the producer's busy CPU. Neither: "
+      "parked (parks counts them), or runnable while its vCPU was not running, which the guest "
+      "cannot see (the hypervisor's). The buffer (%zu events) covers %s ms of offers at %s M/s.\n",
+      kBufferSize, fmt("%.2f", static_cast<double>(kBufferSize) / rate * 1e3).c_str(),
+      fmt("%.0f", rate / 1e6).c_str());
+}
+
 bool parse_producers(const char* list, std::vector<int>& out) {
   out.clear();
   const char* p = list;
@@ -994,6 +1129,7 @@ int main(int argc, char** argv) {
       "| - | reported |\n",
       sync_state.voluntary_switches_per_batch, async_state.voluntary_switches_per_batch);
 
+  print_drop_rounds(newest_lib, newest_mtx);
   print_hw_table();
 
   std::printf(
