@@ -15,9 +15,9 @@
 // bind (max_buffer_bytes and max_batch_bytes twice what the counts allow, a byte_size function),
 // at 1 and 2 producers, beside the same run without them in every round; and one producer at
 // full speed into a backend with each OverflowPolicy that drops (drop_newest, drop_oldest).
-// For each drop-when-full round it also shows where the consumer thread's time went while the
-// producer offered (on a CPU, waiting for one, neither), read from /proc and the thread's CPU
-// clock: refusals at full speed come from the time the consumer does not run.
+// For each drop-when-full round it also shows the consumer's gaps between batches and where its
+// time went while the producer offered (on a CPU, waiting for one, neither), read from /proc and
+// the thread's CPU clock: refusals at full speed come from the time the consumer does not run.
 //
 // References: bench/mutex_batcher.hpp (mutex + condition variable + deque), bench/
 // moodycamel_batcher.hpp (moodycamel::BlockingConcurrentQueue, where its header was found at
@@ -99,11 +99,32 @@ struct Event {  // 64 bytes, as in the issue
 };
 static_assert(sizeof(Event) == 64);
 
-// The sink only sums; it is thread-safe for async dispatch.
+// Gaps between the batches a consumer delivers, longer than kGap (the drop-when-full rounds).
+// Written by the one consumer thread, read once it has been joined.
+struct Gaps {
+  static constexpr std::chrono::microseconds kGap{100};
+  bool track = false;
+  Clock::time_point last{};
+  std::uint64_t count = 0;
+  Clock::duration total{}, longest{};
+  void batch() {  // `last` starts as the producer's loop does
+    const auto now = Clock::now();
+    if (now - last > kGap) {
+      ++count;
+      total += now - last;
+      longest = std::max(longest, now - last);
+    }
+    last = now;
+  }
+};
+
+// The sink only sums; it is thread-safe for async dispatch (gaps.track only with one consumer).
 struct SumSink {
   std::atomic<std::uint64_t> delivered{0};
   std::atomic<std::uint64_t> sum{0};
+  Gaps gaps;
   void process_events(std::span<Event> batch) {
+    if (gaps.track) gaps.batch();
     std::uint64_t local = 0;
     for (const Event& e : batch) local += e.v[0];
     sum.fetch_add(local, std::memory_order_relaxed);
@@ -303,15 +324,16 @@ double lossless_run(Impl impl, int producers, std::uint64_t total) {
 
 // ---- workload 2: one producer offering at full speed, dropping when full ----
 
-// Where the consumer thread's time went while the producer offered (Linux; zeros elsewhere):
-// a refusal at full speed means the consumer fell behind, and this tells whether it was working
-// (on a CPU), runnable but kept off one by the kernel (waiting: e.g. woken onto the producer's
-// busy CPU), or neither: parked, or runnable while its vCPU itself was not running, which the
-// guest cannot see (the hypervisor's steal).
+// Where the consumer thread's time went while the producer offered (Linux; unknown elsewhere):
+// a refusal at full speed means the consumer fell behind, and this tells whether it was on a CPU
+// (as the guest counts it: a vCPU stopped by the hypervisor counts as running where no steal
+// time is reported), runnable but kept off one by the guest kernel (waiting: e.g. woken onto the
+// producer's busy CPU), or neither (parked).
 struct ConsumerTimes {
   bool known = false;
   double wall_ms = 0, cpu_ms = 0, wait_ms = 0;
   long parks = 0;  // voluntary context switches
+  Gaps gaps;       // between its batches
 };
 
 // The thread ids of this process.
@@ -396,6 +418,7 @@ struct FullSpeed {
 
 FullSpeed full_speed_library(buffered::OverflowPolicy policy, std::uint64_t total) {
   SumSink sink;
+  sink.gaps.track = true;
   buffered::BatchConfig c = bench_config();
   c.overflow = policy;
   buffered::BufferedBackend<Event, SumSink&> backend(sink, c);
@@ -407,6 +430,7 @@ FullSpeed full_speed_library(buffered::OverflowPolicy policy, std::uint64_t tota
   std::uint64_t refused = 0;
   const ThreadSample w0 = sample_thread(worker);
   const auto t0 = Clock::now();
+  sink.gaps.last = t0;  // the worker reads it only after taking an event offered below
   for (std::uint64_t i = 0; i < total; ++i) refused += backend.process_event(e) ? 0 : 1;
   const double offer_s = seconds_since(t0);
   ThreadSample w1 = sample_thread(worker);
@@ -420,12 +444,15 @@ FullSpeed full_speed_library(buffered::OverflowPolicy policy, std::uint64_t tota
             (policy == buffered::OverflowPolicy::drop_oldest || s.evicted == 0),
         "drop accounting is off");
   const auto t = static_cast<double>(total);
+  ConsumerTimes consumer = consumer_times(w0, w1);
+  consumer.gaps = sink.gaps;
   return {t / offer_s, static_cast<double>(s.delivered) / t, static_cast<double>(s.evicted) / t,
-          static_cast<double>(refused) / t, consumer_times(w0, w1)};
+          static_cast<double>(refused) / t, consumer};
 }
 
 FullSpeed full_speed_mutex(std::uint64_t total) {
   SumSink sink;
+  sink.gaps.track = true;
   std::uint64_t refused = 0;
   double offer_s = 0;
   ConsumerTimes consumer;
@@ -437,6 +464,7 @@ FullSpeed full_speed_mutex(std::uint64_t total) {
     e.v[0] = 1;
     const ThreadSample c0 = sample_thread(thread);
     const auto t0 = Clock::now();
+    sink.gaps.last = t0;  // as in full_speed_library
     for (std::uint64_t i = 0; i < total; ++i) refused += batcher.process_event(e) ? 0 : 1;
     offer_s = seconds_since(t0);
     ThreadSample c1 = sample_thread(thread);
@@ -444,6 +472,7 @@ FullSpeed full_speed_mutex(std::uint64_t total) {
     c1.wait_ms = sample_thread(thread).wait_ms;
     consumer = consumer_times(c0, c1);
   }
+  consumer.gaps = sink.gaps;
   check(sink.delivered.load() == total - refused, "the mutex batcher lost events");
   const auto t = static_cast<double>(total);
   return {t / offer_s, static_cast<double>(total - refused) / t, 0.0,
@@ -786,21 +815,27 @@ std::string verdict(double value, double bound, bool at_least) {
   return (at_least ? value >= bound : value <= bound) ? ": met" : ": MISSED";
 }
 
-// Per round of drop-when-full: the refused share, and where the consumer thread's time went
-// while the producer offered (ConsumerTimes).
+// Per round of drop-when-full: the refused share, the consumer's gaps between batches, and
+// where its time went while the producer offered (ConsumerTimes).
 void print_drop_rounds(const std::vector<FullSpeed>& lib, const std::vector<FullSpeed>& mtx) {
   std::printf(
-      "\n| drop-when-full, round | contender | refused | the producer's loop (ms) | its consumer "
-      "meanwhile: on a CPU (ms) | runnable, waiting for a CPU (ms) | neither (ms) | parks |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
-  const auto row = [](std::size_t round, const char* name, const FullSpeed& f) {
+      "\n| drop-when-full, round | contender | refused | the producer's loop (ms) | gaps over "
+      "0.1 ms between batches: count / total / longest (ms) | the consumer meanwhile: on a CPU "
+      "(ms) | runnable, waiting for a CPU (ms) | neither (ms) | parks |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  const auto ms = [](Clock::duration d) {
+    return std::chrono::duration<double, std::milli>(d).count();
+  };
+  const auto row = [&](std::size_t round, const char* name, const FullSpeed& f) {
     const ConsumerTimes& c = f.consumer;
+    std::printf("| %zu | %s | %.3f%% | %.1f | %llu / %.1f / %.1f | ", round, name, f.refused * 100,
+                c.wall_ms, static_cast<unsigned long long>(c.gaps.count), ms(c.gaps.total),
+                ms(c.gaps.longest));
     if (!c.known) {
-      std::printf("| %zu | %s | %.3f%% | - | - | - | - | - |\n", round, name, f.refused * 100);
+      std::printf("- | - | - | - |\n");
       return;
     }
-    std::printf("| %zu | %s | %.3f%% | %.1f | %.1f | %.1f | %.1f | %ld |\n", round, name,
-                f.refused * 100, c.wall_ms, c.cpu_ms, c.wait_ms,
+    std::printf("%.1f | %.1f | %.1f | %ld |\n", c.cpu_ms, c.wait_ms,
                 std::max(0.0, c.wall_ms - c.cpu_ms - c.wait_ms), c.parks);
   };
   for (std::size_t r = 0; r < lib.size() && r < mtx.size(); ++r) {
@@ -811,10 +846,12 @@ void print_drop_rounds(const std::vector<FullSpeed>& lib, const std::vector<Full
   for (const FullSpeed& f : lib) rates.push_back(f.offered_per_s);
   const double rate = summarize(rates).median;
   std::printf(
-      "\nA consumer that keeps up is on a CPU for the whole loop. Runnable, waiting: the guest "
-      "kernel ran something else on its CPU, or woke it onto the producer's busy CPU. Neither: "
-      "parked (parks counts them), or runnable while its vCPU was not running, which the guest "
-      "cannot see (the hypervisor's). The buffer (%zu events) covers %s ms of offers at %s M/s.\n",
+      "\nThe buffer (%zu events) covers %s ms of offers at %s M/s: refusals come from gaps "
+      "longer than that. Where the consumer's time went (Linux: its thread CPU clock and "
+      "/proc): on a CPU as the guest counts it, which includes time its vCPU was stopped by the "
+      "hypervisor where no steal time is reported; runnable, waiting: the guest kernel ran "
+      "something else on its CPU, or woke it onto the producer's busy CPU; neither: parked "
+      "(parks counts them).\n",
       kBufferSize, fmt("%.2f", static_cast<double>(kBufferSize) / rate * 1e3).c_str(),
       fmt("%.0f", rate / 1e6).c_str());
 }
