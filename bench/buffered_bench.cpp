@@ -326,9 +326,9 @@ double lossless_run(Impl impl, int producers, std::uint64_t total) {
 
 // Where the consumer thread's time went while the producer offered (Linux; unknown elsewhere):
 // a refusal at full speed means the consumer fell behind, and this tells whether it was on a CPU
-// (as the guest counts it: a vCPU stopped by the hypervisor counts as running where no steal
-// time is reported), runnable but kept off one by the guest kernel (waiting: e.g. woken onto the
-// producer's busy CPU), or neither (parked).
+// (as the guest counts it: a vCPU slowed by the hypervisor, or stopped without the guest counting
+// steal, counts as running), runnable but kept off one by the guest kernel (waiting: e.g. woken
+// onto the producer's busy CPU), or neither (parked).
 struct ConsumerTimes {
   bool known = false;
   double wall_ms = 0, cpu_ms = 0, wait_ms = 0;
@@ -848,8 +848,9 @@ void print_drop_rounds(const std::vector<FullSpeed>& lib, const std::vector<Full
   std::printf(
       "\nThe buffer (%zu events) covers %s ms of offers at %s M/s: refusals come from gaps "
       "longer than that. Where the consumer's time went (Linux: its thread CPU clock and "
-      "/proc): on a CPU as the guest counts it, which includes time its vCPU was stopped by the "
-      "hypervisor where no steal time is reported; runnable, waiting: the guest kernel ran "
+      "/proc): on a CPU as the guest counts it (time its vCPU ran slowed by the hypervisor, or "
+      "stopped without the guest counting it as steal, counts here too); runnable, waiting: the "
+      "guest kernel ran "
       "something else on its CPU, or woke it onto the producer's busy CPU; neither: parked "
       "(parks counts them).\n",
       kBufferSize, fmt("%.2f", static_cast<double>(kBufferSize) / rate * 1e3).c_str(),
