@@ -474,11 +474,9 @@ class BufferedBackend {
   template <class... Args>
   [[gnu::always_inline]] detail::PushResult offer(Args&&... args) {
     LaneHandle lane = nullptr;
-    const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
-    if (result == detail::PushResult::ok) [[likely]] {
-      parker_.notify_published([&] { return queue_.queued(lane); });
+    const detail::PushResult result = push_plain(lane, std::forward<Args>(args)...);
+    if (result == detail::PushResult::ok) [[likely]]
       return result;
-    }
     if (result == detail::PushResult::sized) return offer_sized(std::forward<Args>(args)...);
     return offer_refused(result, lane, 0, std::forward<Args>(args)...);  // nothing was moved
   }
@@ -494,18 +492,22 @@ class BufferedBackend {
     return offer_refused(result, lane, bytes, std::forward<E>(event));
   }
 
+  // The queue's push without byte sizes and, if it succeeded, the wake-up check. Moves from
+  // `args` only when it succeeds.
+  template <class... Args>
+  [[gnu::always_inline]] detail::PushResult push_plain(LaneHandle& lane, Args&&... args) {
+    const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
+    if (result == detail::PushResult::ok) [[likely]]
+      parker_.notify_published([&] { return queue_.queued(lane); });
+    return result;
+  }
+
   // One push (sized or not) and, if it succeeded, the wake-up check. Moves from `args` only
   // when it succeeds.
   template <class... Args>
   [[gnu::always_inline]] detail::PushResult push_once(LaneHandle& lane, std::uint64_t bytes,
                                                       Args&&... args) {
-    if (!sized_) {
-      const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
-      if (result == detail::PushResult::ok) {
-        parker_.notify_published([&] { return queue_.queued(lane); });
-      }
-      return result;
-    }
+    if (!sized_) return push_plain(lane, std::forward<Args>(args)...);
     const detail::PushResult result =
         queue_.try_emplace_sized(lane, bytes, std::forward<Args>(args)...);
     if (result == detail::PushResult::ok) {

@@ -218,11 +218,7 @@ class ShardedQueue {
       lane = register_thread();
     }
     lane_out = lane;
-    if (lane != &lanes_[kSharedLane]) return push<true>(*lane, bytes, std::forward<Args>(args)...);
-    shared_.lock();
-    const PushResult result = push<true>(*lane, bytes, std::forward<Args>(args)...);
-    shared_.unlock();
-    return result;
+    return push_any<true>(*lane, bytes, std::forward<Args>(args)...);
   }
 
   // Producer of `own`, refused for want of space (evicting queues only): removes the oldest
@@ -578,9 +574,17 @@ class ShardedQueue {
     if (sized_) return PushResult::sized;  // so the fast path needs no test of its own
     Lane* lane = register_thread();
     lane_out = lane;
-    if (lane != &lanes_[kSharedLane]) return push(*lane, 0, std::forward<Args>(args)...);
+    return push_any(*lane, 0, std::forward<Args>(args)...);
+  }
+
+  // push() into any lane: the shared lane's under its spin lock.
+  template <bool kSized = false, class... Args>
+  [[gnu::always_inline]] PushResult push_any(Lane& lane, std::uint64_t bytes,
+                                             Args&&... args) noexcept {
+    if (&lane != &lanes_[kSharedLane])
+      return push<kSized>(lane, bytes, std::forward<Args>(args)...);
     shared_.lock();
-    const PushResult result = push(*lane, 0, std::forward<Args>(args)...);
+    const PushResult result = push<kSized>(lane, bytes, std::forward<Args>(args)...);
     shared_.unlock();
     return result;
   }
