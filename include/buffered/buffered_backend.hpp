@@ -24,6 +24,7 @@
 #include "detail/deadline.hpp"
 #include "detail/delivery.hpp"
 #include "detail/flush_gate.hpp"
+#include "detail/fork_guard.hpp"
 #include "detail/owner.hpp"
 #include "detail/parker.hpp"
 #include "detail/reporter.hpp"
@@ -149,13 +150,23 @@ class BufferedBackend {
                 [this] {
                   flush_gate_.close_and_wait();  // no delegate.flush() from here on
                   shutdown_delegate();
-                }) {}
+                }) {
+    fork_node_.on_child = [](void* self) noexcept {
+      static_cast<BufferedBackend*>(self)->queue_.close();  // refuses offers made in the child
+    };
+    fork_node_.self = this;
+    detail::ForkRegistry::add(fork_node_);
+  }
 
   BufferedBackend(const BufferedBackend&) = delete;
   BufferedBackend& operator=(const BufferedBackend&) = delete;
 
   // shutdown() with no deadline, then joins the threads. Blocks until every delegate call ends.
+  // In a process forked from the one that made the backend it returns at once, delivering and
+  // reporting nothing: those events are the parent's (see detail/fork_guard.hpp).
   ~BufferedBackend() {
+    detail::ForkRegistry::remove(fork_node_);
+    if (inherited()) return;
     shutdown();
     worker_.join();
   }
@@ -171,6 +182,9 @@ class BufferedBackend {
   // returned, and run() may be called again. If shutdown() was called meanwhile, the queued
   // events are then abandoned as for a backend that never ran.
   void run() {
+    if (inherited()) {
+      throw std::logic_error("BufferedBackend::run: the backend was inherited through fork()");
+    }
     {
       std::unique_lock<std::mutex> lock(life_mu_);
       if (start_ == Start::starting && on_own_thread()) return;  // from inside delegate.run()
@@ -260,6 +274,7 @@ class BufferedBackend {
   // the delegate or the error handler it only requests the flush and returns false. Thread-safe;
   // never allocates; exceptions from delegate.flush() propagate.
   bool flush(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
+    if (inherited()) return false;
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
     if (!started() || completion_.complete() || stop_.past_deadline()) {
       return queue_.size() == 0 && completion_.flushed(offset(queue_.position())) &&
@@ -298,6 +313,7 @@ class BufferedBackend {
   // never allocates (abandoned events are reported in chunks of up to a batch, from a buffer the
   // constructor reserved); blocks as described.
   bool shutdown(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) noexcept {
+    if (inherited()) return false;  // a forked child: nothing of this backend runs here
     const auto deadline = detail::deadline_after(Clock::now(), timeout);
     bool abandon_here = false;
     {
@@ -444,6 +460,9 @@ class BufferedBackend {
 
   bool on_own_thread() const noexcept { return detail::current_owner == this; }
 
+  // This process is a fork of the one that made the backend: its threads are not here.
+  bool inherited() const noexcept { return detail::forked_since(generation_); }
+
   bool started() const {
     std::lock_guard<std::mutex> lock(life_mu_);
     return start_ == Start::started;
@@ -535,7 +554,7 @@ class BufferedBackend {
       result = push_once(lane, bytes, std::forward<Args>(args)...);
       if (result != detail::PushResult::full) return result;
     }
-    if (config_.overflow == OverflowPolicy::drop_oldest) {
+    if (config_.overflow == OverflowPolicy::drop_oldest && detail::current_evictor != this) {
       return offer_evicting(lane, bytes, std::forward<Args>(args)...);
     }
     if (config_.overflow == OverflowPolicy::block && !on_own_thread()) {
@@ -544,22 +563,35 @@ class BufferedBackend {
     return result;
   }
 
-  // drop_oldest: evict one queued event at a time (reported on this thread, with no lock held)
-  // until the new one fits. When nothing is left to evict, the consumer may just have taken it
-  // all (its credits are then back): one more try. Full only if that fails too, which takes
-  // several producers (credits they reserved) or a concurrent one that took the space.
+  // drop_oldest: evict one queued event at a time until the new one fits. Each eviction keeps
+  // what it frees on this thread's lane, and the push that uses it runs before the victim is
+  // reported (on this thread, with no lock held), so a handler that offers cannot take it; offers
+  // from inside that report do not evict (they are refused when the buffer is full). Bounded: at
+  // most one eviction more than the events queued when it started. When nothing is left to
+  // evict, the consumer may just have taken it all (its credits are then back): one more try.
+  // Full only if that fails too, which takes several producers (credits they reserved) or a
+  // concurrent one that took the space.
   template <class... Args>
   detail::PushResult offer_evicting(LaneHandle lane, std::uint64_t bytes, Args&&... args) {
+    const detail::EvictorScope scope(this);
+    std::size_t budget = queue_.size() + 1;
     for (bool evicted_last = true;;) {
-      const bool evicted = queue_.evict_oldest(lane, bytes, [this](Event&& victim) noexcept {
+      detail::PushResult result = detail::PushResult::full;
+      const bool evicted = queue_.evict_oldest(lane, bytes, [&, this](Event&& victim) noexcept {
+        // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
+        result = push_once(lane, bytes, std::forward<Args>(args)...);
         report_(ErrorKind::evicted, std::span<const Event>(&victim, 1));
       });
-      if (!evicted && (!evicted_last || queue_.closed())) {
+      if (evicted) {
+        if (result != detail::PushResult::full || --budget == 0) return result;
+        evicted_last = true;
+        continue;
+      }
+      if (!evicted_last || queue_.closed()) {
         return queue_.closed() ? detail::PushResult::closed : detail::PushResult::full;
       }
-      evicted_last = evicted;
-      // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
-      const detail::PushResult result = push_once(lane, bytes, std::forward<Args>(args)...);
+      evicted_last = false;
+      result = push_once(lane, bytes, std::forward<Args>(args)...);
       if (result != detail::PushResult::full) return result;
     }
   }
@@ -638,6 +670,9 @@ class BufferedBackend {
   std::condition_variable life_cv_;  // run() callers wait here while another one is starting
   Start start_ = Start::idle;        // guarded by life_mu_
   bool shut_ = false;                // guarded by life_mu_: shutdown() was called
+
+  const unsigned generation_ = detail::ForkRegistry::generation();
+  detail::ForkRegistry::Node fork_node_;  // linked by the constructor, last
 };
 
 }  // namespace buffered

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <exception>
 #define BUFFERED_HAS_MEMBARRIER 1
 #else

@@ -10,6 +10,8 @@
 #include <optional>
 #include <vector>
 
+#include "fork_guard.hpp"
+
 namespace buffered::detail {
 
 // Tracks event offsets in the order the worker takes events (0 = the first event it ever took;
@@ -161,7 +163,7 @@ class Completion {
   }
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  CondVar cv_;
   std::uint64_t in_hand_ = 0;
   std::vector<std::uint64_t> in_flight_;
   std::uint64_t first_abandoned_ = kNone;

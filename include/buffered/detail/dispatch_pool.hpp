@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "fork_guard.hpp"
+
 namespace buffered::detail {
 
 // `threads` threads, made by start(), each running one job at a time. At most `threads` jobs are
@@ -90,6 +92,10 @@ class DispatchPool {
   // Blocks until every submitted job has run, then joins the threads. Idempotent; call from one
   // thread (not from a pool thread). Never allocates.
   void stop_and_join() {
+    if (forked_since(generation_)) {  // a forked child: the threads are not there (fork_guard)
+      for (std::thread& t : workers_) join_or_forget(t, generation_);
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
@@ -136,13 +142,14 @@ class DispatchPool {
   const Work work_;
   const std::function<void()> slot_freed_;
   std::mutex mu_;
-  std::condition_variable cv_;
+  CondVar cv_;
   std::vector<Job> jobs_;  // FIFO; at most threads_ long
   std::vector<Batch> free_;
   std::size_t busy_ = 0;  // submitted and not finished
   bool submitter_waits_ = false;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
+  const unsigned generation_ = ForkRegistry::generation();
 };
 
 }  // namespace buffered::detail

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <mutex>
 
+#include "fork_guard.hpp"
+
 namespace buffered::detail {
 
 // flush() callers enter before calling delegate.flush() and leave after; the worker closes the
@@ -42,7 +44,7 @@ class FlushGate {
 
  private:
   std::mutex mu_;
-  std::condition_variable cv_;
+  CondVar cv_;
   std::size_t inside_ = 0;
   bool closed_ = false;
 };

@@ -21,4 +21,22 @@ class OwnerScope {
   const void* previous_;
 };
 
+// The backend whose drop_oldest offer the current thread is making, if any. An offer made from
+// the error handler while it reports an eviction of that backend does not evict in turn: it would
+// take the space the outer offer freed, and each would evict again without end.
+inline thread_local const void* current_evictor = nullptr;
+
+class EvictorScope {
+ public:
+  explicit EvictorScope(const void* backend) noexcept : previous_(current_evictor) {
+    current_evictor = backend;
+  }
+  ~EvictorScope() { current_evictor = previous_; }
+  EvictorScope(const EvictorScope&) = delete;
+  EvictorScope& operator=(const EvictorScope&) = delete;
+
+ private:
+  const void* previous_;
+};
+
 }  // namespace buffered::detail

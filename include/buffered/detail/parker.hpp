@@ -10,6 +10,7 @@
 
 #include "asymmetric_fence.hpp"
 #include "cache_line.hpp"
+#include "fork_guard.hpp"
 
 namespace buffered::detail {
 
@@ -127,7 +128,7 @@ class Parker {
   alignas(kCacheLine) std::atomic<std::uint64_t> wake_at_{kDisarmed};
   std::atomic<std::uint64_t> wake_bytes_{kDisarmed};
   alignas(kCacheLine) std::mutex mu_;
-  std::condition_variable cv_;
+  CondVar cv_;
   bool signaled_ = false;
 };
 
@@ -173,7 +174,7 @@ class SpaceWaiters {
  private:
   alignas(kCacheLine) std::atomic<std::size_t> waiting_{0};
   std::mutex mu_;
-  std::condition_variable cv_;
+  CondVar cv_;
 };
 
 }  // namespace buffered::detail

@@ -8,6 +8,8 @@
 #include <mutex>
 #include <optional>
 
+#include "fork_guard.hpp"
+
 namespace buffered::detail {
 
 // shutdown() calls request(); the worker, the dispatch threads and flush() ask stopping(),
@@ -80,7 +82,7 @@ class StopState {
   std::atomic<bool> stopping_{false};
   std::atomic<Clock::rep> deadline_{kNoDeadline};
   std::mutex mu_;
-  std::condition_variable cv_;
+  CondVar cv_;
 };
 
 }  // namespace buffered::detail

@@ -21,6 +21,7 @@
 #include "deadline.hpp"
 #include "delivery.hpp"
 #include "dispatch_pool.hpp"
+#include "fork_guard.hpp"
 #include "owner.hpp"
 #include "parker.hpp"
 #include "reporter.hpp"
@@ -111,9 +112,8 @@ class Worker {
     }
   }
 
-  void join() {
-    if (thread_.joinable()) thread_.join();
-  }
+  // Joins the worker thread; in a forked child, where it does not exist, forgets it.
+  void join() noexcept { join_or_forget(thread_, generation_); }
 
   // The worker thread has started (it may already have finished).
   bool ran() const noexcept { return ran_.load(std::memory_order_acquire); }
@@ -346,6 +346,7 @@ class Worker {
   std::atomic<std::uint64_t> flush_requested_{0};
   std::atomic<bool> ran_{false};
   std::thread thread_;
+  const unsigned generation_ = ForkRegistry::generation();
 };
 
 }  // namespace buffered::detail
