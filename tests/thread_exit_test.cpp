@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -101,11 +102,13 @@ struct ExitLogger {
   std::uint32_t producer = 0;
   std::uint64_t first_seq = 0;
   std::uint64_t count = 0;
+  std::function<void()> before_offers;  // called by the destructor first, if set
   ExitLogger() = default;
   ExitLogger(const ExitLogger&) = delete;
   ExitLogger& operator=(const ExitLogger&) = delete;
   ~ExitLogger() {
     if (backend == nullptr) return;
+    if (before_offers) before_offers();
     for (std::uint64_t i = 0; i < count; ++i) {
       ledger->offer(*backend, Event{producer, first_seq + i}, true);
     }
@@ -121,8 +124,9 @@ ExitLogger& exit_logger() {
 // Makes this thread's logger (before anything is offered) and sets it to offer `count`
 // events of `producer` into `backend` when the thread ends.
 void log_at_exit(Backend& backend, Ledger& ledger, std::uint32_t producer, std::uint64_t first_seq,
-                 std::uint64_t count) {
+                 std::uint64_t count, std::function<void()> before_offers = {}) {
   ExitLogger& logger = exit_logger();
+  logger.before_offers = std::move(before_offers);
   logger.backend = &backend;
   logger.ledger = &ledger;
   logger.producer = producer;
@@ -217,15 +221,17 @@ TEST(ThreadExit, AnOfferFromADestructorAfterAnotherBackendWasDestroyedIsDelivere
   EXPECT_TRUE(child.exited_zero()) << "the scenario's process " << child.describe();
 }
 
-// (c) Threads whose thread_local destructors keep offering while new threads start and offer,
-// into a running backend, round after round: every accepted event is delivered exactly once,
-// each thread's in its order. (Today a destructor's offer writes into a lane given back, which
-// a new thread takes meanwhile: two producers in one single-producer lane.) In a child process,
-// so that a crash or a hang fails this test only.
-constexpr int kRounds = 20;
+// (c) Threads whose thread_local destructors offer while new threads start and offer, into a
+// running backend, round after round: every accepted event is delivered exactly once, each
+// thread's in its order. The new threads make their first offer once the ending threads' lane
+// records are gone (their destructors wait for that before offering), so they take the lanes
+// those threads gave back. (Today a destructor's offer writes into the lane it gave back, which
+// a new thread has taken meanwhile: two producers in one single-producer lane.) In a child
+// process, so that a crash or a hang fails this test only.
+constexpr int kRounds = 150;
 constexpr int kEnding = 4;    // threads per round whose destructors offer
 constexpr int kStarting = 4;  // threads per round that start meanwhile
-constexpr std::uint64_t kEach = 300;
+constexpr std::uint64_t kEach = 2000;
 
 TEST(ThreadExit, DestructorsOfferingWhileNewThreadsStartLoseAndDuplicateNothing) {
   const ChildResult child = run_in_child(kPatience + kPatience, []() -> std::string {
@@ -235,33 +241,42 @@ TEST(ThreadExit, DestructorsOfferingWhileNewThreadsStartLoseAndDuplicateNothing)
     Backend backend(sink, c);
     backend.run();
     for (int round = 0; round < kRounds; ++round) {
-      std::atomic<int> registered{0};
-      std::atomic<bool> go{false};
+      std::atomic<int> registered{0};  // ending threads that made their first offer
+      std::atomic<int> ending{0};      // ending threads whose logger's destructor has begun
+      std::atomic<int> started{0};     // new threads that made their first offer
       std::vector<std::thread> threads;
       const auto id = [round](int t) { return static_cast<std::uint32_t>(round * 100 + t + 1); };
+      const auto spin_until = [](const std::atomic<int>& n, int value) {
+        const auto give_up = Clock::now() + kPatience;  // never wait for ever on a broken run
+        while (n < value && Clock::now() < give_up) std::this_thread::yield();
+      };
       for (int t = 0; t < kEnding; ++t) {
         threads.emplace_back([&, t] {
-          log_at_exit(backend, ledger, id(t), 1, kEach);
+          log_at_exit(backend, ledger, id(t), 1, kEach, [&] {
+            ++ending;  // this thread's lane record is gone
+            spin_until(started, kStarting);
+          });
           ledger.offer(backend, Event{id(t), 0});  // registers: a lane of its own
           ++registered;
-          while (!go) std::this_thread::yield();
         });  // ends: its lane is given back, then the logger offers kEach more
       }
-      while (registered < kEnding) std::this_thread::yield();
+      spin_until(registered, kEnding);
       for (int t = kEnding; t < kEnding + kStarting; ++t) {
         threads.emplace_back([&, t] {
-          while (!go) std::this_thread::yield();
-          for (std::uint64_t i = 0; i < kEach; ++i) ledger.offer(backend, Event{id(t), i});
+          spin_until(ending, kEnding);
+          ledger.offer(backend, Event{id(t), 0});  // registers
+          ++started;
+          for (std::uint64_t i = 1; i < kEach; ++i) ledger.offer(backend, Event{id(t), i});
         });
       }
-      go = true;
       for (auto& th : threads) th.join();
     }
     if (!backend.shutdown()) return "shutdown returned false";
     const auto s = backend.stats();
     std::string verdict = ledger.check(sink.events());
     if (s.accepted != ledger.accepted() || s.delivered != ledger.accepted()) {
-      verdict += "; accepted " + std::to_string(ledger.accepted()) +
+      if (!verdict.empty() && verdict.back() != ' ') verdict += "; ";
+      verdict += "accepted " + std::to_string(ledger.accepted()) +
                  " (Stats: " + std::to_string(s.accepted) + "), delivered " +
                  std::to_string(s.delivered) + " (sink: " + std::to_string(sink.event_count()) +
                  ")";
