@@ -548,9 +548,9 @@ class BufferedBackend {
                                                      std::uint64_t bytes, Args&&... args) {
     if (result != detail::PushResult::full) return result;
     parker_.notify_full();
-    if (config_.max_buffer_bytes != 0) {
-      // Other producer threads' byte reserves may be what is missing: take them back, once.
-      queue_.reclaim_bytes(bytes);
+    // The shared lane's reserve, or other threads' byte reserves, may be what is missing: take
+    // them back, once.
+    if (queue_.reclaim(bytes)) {
       result = push_once(lane, bytes, std::forward<Args>(args)...);
       if (result != detail::PushResult::full) return result;
     }

@@ -359,6 +359,23 @@ class ShardedQueue {
            (max_bytes_ == 0 || byte_credits_.load(std::memory_order_seq_cst) >= bytes);
   }
 
+  // Any thread, after a refusal: takes back the slots the shared lane holds in reserve (threads
+  // that wrote there may all have ended, and it is nobody's to give back at thread exit), and,
+  // with a byte bound, the bytes of every lane (reclaim_bytes). Returns whether a refused push
+  // should try again. Blocks only on the shared lane's spin lock.
+  bool reclaim(std::uint64_t bytes) noexcept {
+    bool again = max_bytes_ != 0;
+    if (shared_used_.load(std::memory_order_relaxed)) {
+      shared_.lock();
+      Lane& shared = lanes_[kSharedLane];
+      again = again || shared.credits + shared.room != 0;
+      give_back_slots(shared);
+      shared_.unlock();
+    }
+    reclaim_bytes(bytes);
+    return again;
+  }
+
   // Any thread, after a refusal for bytes: takes back the bytes every lane holds in reserve
   // (an idle producer thread's reserve would otherwise keep a large element out for as long as
   // that thread lives). One exchange per lane; never blocks.
