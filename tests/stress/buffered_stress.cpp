@@ -27,6 +27,25 @@
 // the checker can recompute them; in some rounds no byte_size function: sizeof(Event)); a few of
 // them first try max_batch_bytes > max_buffer_bytes, which the constructor must refuse, naming
 // max_batch_bytes.
+// Four more shapes, drawn from a generator of their own (so a seed's other draws stay as they
+// were); the watchdog and every violation name the round's shapes with its seed:
+//   - exit_offers: every producer thread owns a thread_local, made before its first offer, whose
+//     destructor (run after the library's thread_locals of that thread are gone) offers 1-12 more
+//     of the thread's ids by all three calls; with a second backend the thread first offers into
+//     it too, and that backend is destroyed before the thread ends, or alive then and offered
+//     into by the destructor as well (its ids are checked delivered or reported exactly once);
+//   - linger: max_batch_wait of 2-4 s, one event queued, then 2-6 NEW threads, a lane each, fill
+//     one or two full batches between them: those must reach the delegate within half of
+//     max_batch_wait, else a violation;
+//   - reoffer: drop_oldest, and the error handler re-offers the evicted events (with
+//     reoffer_others every kind), each up to 1-3 times, nested at most four deep. A re-offer is a
+//     new offer of the same id: the bookkeeping counts by tag (id | offer << 48), so each offer
+//     ends exactly once; the order checks leave re-offers out. No offer may take over 2 s;
+//   - fork (not under TSan, which does not support fork with threads well): while producers
+//     offer, the process forks; the child destroys the inherited backend(s) at once and exits
+//     (exit(0) or _exit(0)); the parent kills it after 10 s (a violation), checks its exit status
+//     and that it made no delegate call (counted back through a pipe), then goes on with the
+//     round, which must still be exactly-once.
 // After each round the run checks that
 //   - every accepted id ended exactly once: in a batch whose last attempt delivered it, or
 //     reported delegate_failed, abandoned or evicted (an evicted id never reached the delegate;
