@@ -138,7 +138,8 @@ class BufferedBackend {
         max_event_bytes_(max_event_bytes(config_)),
         queue_(config_.buffer_size, detail::test_hooks::start_position(),
                detail::QueueOptions{config_.max_buffer_bytes, sized_,
-                                    config_.overflow == OverflowPolicy::drop_oldest}),
+                                    config_.overflow == OverflowPolicy::drop_oldest,
+                                    &BufferedBackend::lane_added, this}),
         completion_(config_.async_delegate ? config_.max_in_flight : 0),
         bucket_(make_bucket(config_)),
         delivery_(delegate_, report_, counters_, stop_, bucket_.get(), config_.retry, this),
@@ -466,6 +467,12 @@ class BufferedBackend {
   }
 
   // ---- producer side ----
+
+  // A producer thread took a new lane: a parked worker computes its thresholds again.
+  static void lane_added(void* self) noexcept {
+    static_cast<BufferedBackend*>(self)->parker_.notify_lanes_changed();
+  }
+
   using LaneHandle = typename detail::ShardedQueue<Event>::LaneHandle;
 
   // Without byte bounds the queue's fast path takes the event; with them, try_emplace answers

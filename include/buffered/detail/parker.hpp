@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 
+#include "asymmetric_fence.hpp"
 #include "cache_line.hpp"
 
 namespace buffered::detail {
@@ -20,23 +21,30 @@ namespace buffered::detail {
 //
 // Explicit wake-ups (flush, shutdown, a dispatch slot freed) go through signal().
 //
-// Memory ordering: the producer's publish is a release store and its load of the threshold is
-// not ordered after it (a StoreLoad fence per event would cost more than the rest of the push),
-// so a producer and an arming consumer may miss each other. The consumer therefore parks first
-// for at most ShardedQueue's kStoreVisibility and looks at the lanes again before it parks
-// without limit (see Worker): by then the producer's store is visible, and any later producer
-// sees the armed threshold. The wake itself sets `signaled_` under the mutex the consumer waits
-// with, so it cannot fall between the consumer's check and its wait.
+// Memory ordering: the producer's publish is a release store and its load of the threshold
+// follows it with only asymmetric_fence light() between them (a StoreLoad fence per event would
+// cost more than the rest of the push); arm() stores the threshold and then issues the heavy
+// fence, before the consumer's last look at the lanes. So either that look sees the producer's
+// event, or the producer's load sees the armed threshold (asymmetric_fence.hpp): no wake-up is
+// lost, and the consumer parks with no time limit (tests/model/parker.pml). The wake itself sets
+// `signaled_` under the mutex the consumer waits with, so it cannot fall between the consumer's
+// check and its wait.
+//
+// Thresholds are per lane, computed from the lanes active when the consumer armed; a thread that
+// takes a new lane afterwards calls notify_lanes_changed() (seq_cst on both sides: the consumer
+// re-reads the lane count after arm(), the new lane's producer reads the threshold after it
+// counted itself), so a batch filled across lanes that registered during a park still wakes it.
 class Parker {
  public:
   using Clock = std::chrono::steady_clock;
   static constexpr std::uint64_t kDisarmed = ~std::uint64_t{0};
 
-  // Consumer. Never blocks. `byte_threshold`: also wake once some lane holds that many bytes
-  // (sized queues; producers check it with notify_published_sized).
+  // Consumer. Never blocks (a system call for the fence). `byte_threshold`: also wake once some
+  // lane holds that many bytes (sized queues; producers check it with notify_published_sized).
   void arm(std::uint64_t threshold, std::uint64_t byte_threshold = kDisarmed) noexcept {
     wake_bytes_.store(byte_threshold, std::memory_order_relaxed);  // published by wake_at_
     wake_at_.store(threshold, std::memory_order_seq_cst);
+    AsymmetricFence::heavy();  // before the caller's last look at the lanes
   }
   void disarm() noexcept { wake_at_.store(kDisarmed, std::memory_order_relaxed); }
 
@@ -45,6 +53,7 @@ class Parker {
   // a CAS, a mutex and a notify. Thread-safe.
   template <class Queued>
   void notify_published(Queued queued) {
+    AsymmetricFence::light();  // orders the caller's publish before this load
     std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
     if (wake_at == kDisarmed) [[likely]]
       return;
@@ -55,6 +64,7 @@ class Parker {
   // As notify_published, for a sized queue: `queued_bytes()` tells how many bytes the lane holds.
   template <class Queued, class QueuedBytes>
   void notify_published_sized(Queued queued, QueuedBytes queued_bytes) {
+    AsymmetricFence::light();
     std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
     if (wake_at == kDisarmed) return;
     if (queued() < wake_at && queued_bytes() < wake_bytes_.load(std::memory_order_relaxed)) return;
@@ -69,6 +79,18 @@ class Parker {
     if (wake_at == kDisarmed) [[likely]]
       return;
     disarm_and_signal(wake_at);
+  }
+
+  // Producer that took a new lane (after counting it): wakes the consumer if it is armed, so it
+  // computes its thresholds again. Rare (a thread's first push into a queue). Never throws.
+  void notify_lanes_changed() noexcept {
+    const std::uint64_t wake_at = wake_at_.load(std::memory_order_seq_cst);
+    if (wake_at == kDisarmed) return;
+    try {
+      disarm_and_signal(wake_at);
+    } catch (...) {
+      // std::mutex::lock failed: the consumer still wakes at its deadline.
+    }
   }
 
   // Any thread: wake the consumer now (or make its next park return at once). Blocks briefly

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "asymmetric_fence.hpp"
 #include "cache_line.hpp"
 #include "deadline.hpp"
 #include "lane_registry.hpp"
@@ -34,6 +35,10 @@ struct QueueOptions {
       0;                  // 0: no byte bound; else the queued elements' sizes sum to at most this
   bool sized = false;     // elements carry a byte size (push_sized; needed by max_bytes)
   bool evicting = false;  // evict_oldest() may run beside the consumer
+  // Called on the producer's thread each time a thread takes a lane (after active_lanes() has
+  // grown): the backend wakes a consumer that armed for fewer lanes. Must not throw.
+  void (*on_new_lane)(void* listener) noexcept = nullptr;
+  void* listener = nullptr;
 };
 
 // The consumer's byte budget for one pop (max_batch_bytes): elements are taken while their sizes
@@ -100,17 +105,17 @@ class SpinLock {
 //   before the count that reaches into it is published.
 // - Blocks and credits go back through the spin lock and the acq_rel pool: the destruction of
 //   an element happens-before the construction of the next one in its slot.
-// - Closing and parking need the other side's store to be seen without a locked instruction on
-//   the producer's path (a full fence per event costs more than the rest of the push). A push
-//   marks its lane `busy` before it checks `closed_`, and clears it when done (`busy` is on the
-//   producer's own line; only drained() reads it from elsewhere); close() stores `closed_`, and
-//   drained() reads the busy marks only once kStoreVisibility has passed since then. A push
-//   whose busy mark drained() misses started after the store of `closed_` became visible, so
-//   that push sees `closed_` and refuses. The reasoning needs only that a store becomes visible to
-//   other threads within kStoreVisibility (1 ms): the C++ memory model asks this of implementations
-//   ([atomics.order] "within a reasonable amount of time"); hardware does it in nanoseconds,
-//   and a pre-empted thread's stores are flushed when it is switched out. Parker relies on the
-//   same bound (the worker re-checks once, kStoreVisibility after it arms).
+// - Closing needs the other side's store to be seen without a fence on the producer's path (a
+//   full fence per event costs more than the rest of the push). A push marks its lane `busy`
+//   before it checks `closed_`, with asymmetric_fence light() between the two, and clears it when
+//   done (`busy` is on the producer's own line; only drained() reads it from elsewhere). close()
+//   stores `closed_`; the first drained() that sees it issues the heavy fence before it reads
+//   the busy marks. So (asymmetric_fence.hpp) a push either sees `closed_` and refuses, or its
+//   busy mark is seen by every drained() after that fence: drained() never returns true while a
+//   push that will succeed is under way. Nothing in this rests on time (tests/model/lane.pml).
+// - Registration: a thread that takes a lane increments `active_` (seq_cst) and then calls the
+//   queue's lane listener, which wakes a consumer that armed its threshold for fewer lanes (the
+//   consumer re-reads active_lanes() after it arms: see Worker and tests/model/parker.pml).
 template <class T>
 class ShardedQueue {
   static_assert(std::is_nothrow_move_constructible_v<T>,
@@ -124,7 +129,6 @@ class ShardedQueue {
   static constexpr unsigned kExclusiveLanes = 8;
   static constexpr unsigned kLanes = kExclusiveLanes + 1;
   static constexpr unsigned kSharedLane = kExclusiveLanes;
-  static constexpr std::chrono::milliseconds kStoreVisibility{1};
   using LaneHandle = const Lane*;
   using Snapshot = std::array<std::uint64_t, kLanes>;
 
@@ -142,7 +146,10 @@ class ShardedQueue {
         byte_chunk_(std::max<std::uint64_t>(options.max_bytes / (8 * kLanes), 1)),
         sized_(options.sized || options.max_bytes != 0),
         evicting_(options.evicting),
+        on_new_lane_(options.on_new_lane),
+        listener_(options.listener),
         position_(initial_position) {
+    AsymmetricFence::prepare();  // decided before any producer of this queue pushes
     if (capacity == 0 || capacity > (std::size_t{1} << 40)) {
       throw std::invalid_argument("ShardedQueue: capacity must be in [1, 2^40]");
     }
@@ -369,9 +376,7 @@ class ShardedQueue {
   // may still complete (drained() waits for them).
   void close() noexcept {
     bool expected = false;
-    if (closed_.compare_exchange_strong(expected, true, std::memory_order_seq_cst)) {
-      closed_at_.store(SteadyClock::now().time_since_epoch().count(), std::memory_order_release);
-    }
+    closed_.compare_exchange_strong(expected, true, std::memory_order_seq_cst);
   }
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
@@ -446,7 +451,7 @@ class ShardedQueue {
 
   // Any thread: lanes that producer threads hold now (the shared lane once it was used).
   unsigned active_lanes() const noexcept {
-    return std::max(1u, active_.load(std::memory_order_relaxed));
+    return std::max(1u, active_.load(std::memory_order_seq_cst));
   }
 
   // Any thread: what each lane has published, and whether the consumer has taken all that.
@@ -467,15 +472,25 @@ class ShardedQueue {
   // left. Once true it stays true.
   bool drained() const noexcept {
     if (!closed()) return false;
-    const auto since =
-        SteadyClock::now().time_since_epoch().count() - closed_at_.load(std::memory_order_acquire);
-    if (since < std::chrono::duration_cast<SteadyClock::duration>(kStoreVisibility).count()) {
-      return false;
+    if (!close_fenced_.load(std::memory_order_acquire)) {
+      AsymmetricFence::heavy();  // see "Memory ordering": after this, no push can miss closed_
+      close_fenced_.store(true, std::memory_order_release);
     }
     for (const Lane& lane : lanes_) {
       if (lane.busy.load(std::memory_order_acquire)) return false;
       const std::uint64_t p = lane.published.load(std::memory_order_acquire);
       if (p != lane.consumed.load(std::memory_order_acquire)) return false;
+    }
+    return true;
+  }
+
+  // Any thread: no lane holds an element the consumer has not taken.
+  bool empty() const noexcept {
+    for (const Lane& lane : lanes_) {
+      if (lane.published.load(std::memory_order_acquire) !=
+          lane.consumed.load(std::memory_order_acquire)) {
+        return false;
+      }
     }
     return true;
   }
@@ -538,7 +553,7 @@ class ShardedQueue {
   template <bool kSized = false, class... Args>
   [[gnu::always_inline]] PushResult push(Lane& lane, std::uint64_t bytes, Args&&... args) noexcept {
     lane.busy.store(true, std::memory_order_relaxed);  // see "Memory ordering"
-    std::atomic_signal_fence(std::memory_order_seq_cst);
+    AsymmetricFence::light();
     if (closed_.load(std::memory_order_acquire)) [[unlikely]] {
       lane.busy.store(false, std::memory_order_relaxed);
       return PushResult::closed;
@@ -549,6 +564,7 @@ class ShardedQueue {
     }
     if constexpr (kSized) {
       if (max_bytes_ != 0 && !reserve_bytes(lane, bytes)) {
+        give_back_slots(lane);  // a lane refused for bytes holds no slot either
         lane.busy.store(false, std::memory_order_relaxed);
         return PushResult::full;
       }
@@ -620,6 +636,15 @@ class ShardedQueue {
     lane.room = static_cast<std::size_t>(std::min(lane.credits, space));
     lane.credits -= lane.room;
     return true;
+  }
+
+  // The lane's unused slot credits go back to the pool (a refused or ending lane).
+  [[gnu::noinline]] void give_back_slots(Lane& lane) noexcept {
+    if (const std::uint64_t unused = lane.credits + lane.room; unused != 0) {
+      credits_.fetch_add(static_cast<std::int64_t>(unused), std::memory_order_seq_cst);
+      lane.credits = 0;
+      lane.room = 0;
+    }
   }
 
   // Takes `bytes` out of the lane's reserve, refilling it from the byte pool (what the lane
@@ -712,29 +737,48 @@ class ShardedQueue {
     return static_cast<std::size_t>(n);
   }
 
+  // The thread's lane for this queue: the one it holds, else a free exclusive lane, else the
+  // shared lane. A thread that may have events in this queue's shared lane without a record of
+  // it (it wrote here while it held records for kMaxEntries other live queues) takes a lane of
+  // its own only once the shared lane is empty, so its later events cannot overtake them.
   [[gnu::noinline]] Lane* register_thread() noexcept {
-    ThreadLanes& mine = thread_lanes();
+    ThreadLanes& mine = thread_lanes;
     unsigned index = mine.find(anchor_id_);
     if (index == ThreadLanes::kNotFound) {
       index = kSharedLane;
-      if (mine.has_room()) {
+      bool grew = false;
+      if (!mine.has_room()) {
+        mine.spill();
+      } else if (!mine.spilled() || shared_lane_empty()) {
         for (unsigned i = 0; i < kExclusiveLanes; ++i) {
           if (!lanes_[i].owned.load(std::memory_order_relaxed) &&
               !lanes_[i].owned.exchange(true, std::memory_order_acquire)) {
             index = i;
-            active_.fetch_add(1, std::memory_order_relaxed);
+            active_.fetch_add(1, std::memory_order_seq_cst);
+            grew = true;
             break;
           }
         }
         mine.add(*anchor_, index);
       }
-      if (index == kSharedLane && !shared_used_.exchange(true, std::memory_order_relaxed)) {
-        active_.fetch_add(1, std::memory_order_relaxed);
+      if (index == kSharedLane && !shared_used_.load(std::memory_order_relaxed) &&
+          !shared_used_.exchange(true, std::memory_order_relaxed)) {
+        active_.fetch_add(1, std::memory_order_seq_cst);
+        grew = true;
       }
+      if (grew && on_new_lane_ != nullptr) on_new_lane_(listener_);
     }
     Lane* lane = &lanes_[index];
     if (index != kSharedLane) lane_cache = LaneCache{anchor_id_, lane};
     return lane;
+  }
+
+  // Everything pushed into the shared lane so far has been taken (published read first, so a
+  // consumed count equal to it covers every push this thread made).
+  bool shared_lane_empty() const noexcept {
+    const Lane& shared = lanes_[kSharedLane];
+    const std::uint64_t p = shared.published.load(std::memory_order_acquire);
+    return shared.consumed.load(std::memory_order_acquire) == p;
   }
 
   // A registered thread ended (called under the anchor's lock, so the queue exists).
@@ -742,11 +786,7 @@ class ShardedQueue {
     auto* self = static_cast<ShardedQueue*>(queue);
     if (index == kSharedLane) return;
     Lane& lane = self->lanes_[index];
-    if (const std::uint64_t unused = lane.credits + lane.room; unused != 0) {
-      self->credits_.fetch_add(static_cast<std::int64_t>(unused), std::memory_order_seq_cst);
-      lane.credits = 0;
-      lane.room = 0;
-    }
+    self->give_back_slots(lane);
     if (const std::uint64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
         room != 0) {
       self->byte_credits_.fetch_add(room, std::memory_order_seq_cst);
@@ -765,6 +805,8 @@ class ShardedQueue {
   const std::uint64_t byte_chunk_;
   const bool sized_;
   const bool evicting_;
+  void (*const on_new_lane_)(void*) noexcept;
+  void* const listener_;
   std::unique_ptr<Slot[]> slots_;
   std::unique_ptr<std::uint64_t[]> sizes_;  // per slot, when sized_
   std::unique_ptr<std::atomic<std::size_t>[]> next_;
@@ -776,7 +818,7 @@ class ShardedQueue {
 
   // Read by every push, written once.
   alignas(kCacheLine) std::atomic<bool> closed_{false};
-  std::atomic<SteadyClock::rep> closed_at_{0};
+  mutable std::atomic<bool> close_fenced_{false};  // a drained() has fenced since closed_
 
   alignas(kCacheLine) std::atomic<std::int64_t> credits_{0};
   alignas(kCacheLine) std::atomic<std::uint64_t> byte_credits_{0};

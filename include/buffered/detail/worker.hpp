@@ -244,17 +244,13 @@ class Worker {
         byte_threshold = std::max<std::uint64_t>((budget.left + lanes - 1) / lanes, 1);
       }
       if (taken != 0 && spin_until_reached(threshold, byte_threshold, served)) continue;
+      // The last look, after arm()'s fence: anything published since the pop (the per-lane
+      // thresholds count only what comes after it), a lane that registered since `lanes` was
+      // read (its events would not reach them), or a flush: go round again instead.
       p_.parker.arm(threshold, byte_threshold);
-      if (!p_.queue.any_reached(threshold, byte_threshold) &&
+      if (p_.queue.empty() && p_.queue.active_lanes() == lanes &&
           flush_requested_.load(std::memory_order_acquire) == served) {
-        // First for at most kStoreVisibility: a producer's publish and our arm may have
-        // crossed (see Parker). Then once more, without that limit, if nothing has come.
-        const auto recheck = Clock::now() + ShardedQueue<Event>::kStoreVisibility;
-        if (!p_.parker.park(earlier(wake_by, recheck)) &&
-            !p_.queue.any_reached(threshold, byte_threshold) &&
-            (!wake_by || Clock::now() < *wake_by)) {
-          p_.parker.park(wake_by);
-        }
+        p_.parker.park(wake_by);
       }
       p_.parker.disarm();
     }
