@@ -115,6 +115,11 @@
 #include "../delegate_forms.hpp"
 #include "../fault/fault_injection.hpp"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#include <sanitizer/common_interface_defs.h>
+#define BUFFERED_STRESS_SANITIZER 1
+#endif
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -2388,6 +2393,19 @@ int main(int argc, char** argv) {
     std::fflush(stderr);
     std::abort();
   });
+
+#ifdef BUFFERED_STRESS_SANITIZER
+  // A sanitizer report that ends the run names the round too (no allocation here).
+  __sanitizer_set_death_callback([] {
+    const unsigned shapes = current_shapes.load();
+    std::fprintf(stderr,
+                 "SANITIZER: the run ends in a round; rerun with --seed %" PRIu64
+                 " (shapes:%s%s%s%s)\n",
+                 current_seed.load(), shapes & kExitOffers ? " exit_offers" : "",
+                 shapes & kLinger ? " linger" : "", shapes & kReoffer ? " reoffer" : "",
+                 shapes & kFork ? " fork" : "");
+  });
+#endif
 
   // The watchdog: a round that does not finish in time means a call hung.
   current_seed = seed;
