@@ -51,7 +51,17 @@
 // with bit 7 of the first byte three more: sizes (bit 0: drop_oldest; bits 1-3: 0 no byte_size,
 // else spread 2^(n-1); bits 4-5 and 6-7: how max_buffer_bytes and max_batch_bytes scale: x1, x4,
 // x64, SIZE_MAX - n), max_buffer_bytes, max_batch_bytes; then one operation per byte (some take
-// the next byte).
+// the next byte). With the byte bounds, bit 7 of the block_timeout byte makes buffer_size
+// (bits 0-6 of the first byte) % 72 instead of % 33: small buffers around the 64-slot blocks.
+//
+// Re-offering handlers: the stats operation (op % 16 == 7) with a nonzero high nibble also makes
+// the error handler re-offer what it is given from then on, each event under a new id (a new
+// offer, with its origin's byte size; up to 8 of a span, nested at most 3 deep): nibble bit 0
+// evicted, bit 1 delegate_failed and abandoned (from the library's threads), bit 2 buffer_full,
+// shut_down and too_large; bit 3 lets a re-offer be re-offered once more. Every offer, the
+// re-offers included, must then end exactly once; the model of the buffer before run() stops
+// there, and the order checks (evictions, batches) leave the re-offers out; a re-offer from a
+// library thread makes it more than one producer (drop_oldest may then refuse buffer_full).
 //
 // Build: cmake --preset fuzz && cmake --build --preset fuzz
 // Run:   build/fuzz/tests/fuzz/buffered_fuzz -max_total_time=60 <corpus copy> tests/fuzz/corpus
@@ -98,6 +108,8 @@ struct Event {
 // Set on the thread that runs the input (the only producer): evicted and too_large are reported
 // there, and byte_size is called there.
 thread_local bool on_input_thread = false;
+// How deep the error handler's re-offers nest on this thread.
+thread_local int reoffer_depth = 0;
 
 // The events' byte sizes: what the input's byte_size function returns, or sizeof(Event) without
 // one (spread 0).
@@ -357,6 +369,26 @@ int run_input(Reader& in, const Input& input) {
   const buffered::BatchConfig& c = input.config;
   Ledger ledger;
   ledger.grow(kMaxEvents);
+  using Backend = buffered::BufferedBackend<Event, Sink<F>&>;
+  // Ids: the input's offers and the error handler's re-offers take the next free one (a
+  // re-offer is a new offer, under a new id, of an event with its origin's byte size).
+  std::atomic<std::uint64_t> next_id{0};
+  auto reserve_id = [&next_id]() -> std::uint64_t {
+    std::uint64_t id = next_id.load();
+    while (id < kMaxEvents && !next_id.compare_exchange_weak(id, id + 1)) {
+    }
+    return id < kMaxEvents ? id : kMaxEvents;
+  };
+  std::vector<std::uint64_t> origin(kMaxEvents);  // a re-offer's first offer; an offer's own id
+  for (std::uint64_t id = 0; id < kMaxEvents; ++id) origin[id] = id;
+  std::vector<std::atomic<std::uint8_t>> generation(kMaxEvents);  // 0: the input's offer
+  std::vector<std::atomic<std::uint8_t>> accepted(kMaxEvents);    // 1: accepted
+  std::vector<std::uint64_t> refused_head(kMaxEvents);  // the first refused id of its offer
+  // Re-offers by the error handler (set by an operation; bits: 1 evicted, 2 delegate_failed and
+  // abandoned, 4 buffer_full, shut_down and too_large, 8 two generations instead of one).
+  std::atomic<unsigned> reoffer_mode{0};
+  std::atomic<bool> reoffered_off_thread{false};  // from the library's threads: not one producer
+  Backend* target = nullptr;
   Deadlines deadlines;
   const PermanentFailure permanent_proto("permanent");
   Sink<F> sink{{ledger, deadlines, permanent_proto, input.fail_mask, input.permanent_mask,
@@ -376,7 +408,7 @@ int run_input(Reader& in, const Input& input) {
         }
       }
     }
-    std::lock_guard<std::mutex> lock(ledger.mu);
+    std::unique_lock<std::mutex> lock(ledger.mu);
     if ((kind == buffered::ErrorKind::evicted || kind == buffered::ErrorKind::too_large) &&
         !on_input_thread) {
       ledger.off_thread_reports++;
@@ -416,9 +448,45 @@ int run_input(Reader& in, const Input& input) {
       require(ledger.reports.size() < ledger.reports.capacity(), "too many failure reports");
       ledger.reports.push_back({events.front().id, events.size(), ledger.seq++, exception_call});
     }
+    lock.unlock();
+    // Re-offers: up to 8 events of the span, each under a new id, nested at most 3 deep.
+    const unsigned mode = reoffer_mode.load();
+    const bool wanted =
+        kind == buffered::ErrorKind::evicted ? (mode & 1) != 0
+        : kind == buffered::ErrorKind::delegate_failed || kind == buffered::ErrorKind::abandoned
+            ? (mode & 2) != 0
+            : (mode & 4) != 0;
+    if (!wanted || target == nullptr || reoffer_depth >= 3) return;
+    const unsigned generations = (mode & 8) != 0 ? 2 : 1;
+    std::array<Event, 8> again{};
+    std::size_t count = 0;
+    for (const Event& e : events) {
+      if (count == again.size() || generation[e.id].load() >= generations) continue;
+      const std::uint64_t id = reserve_id();
+      if (id == kMaxEvents) break;
+      origin[id] = origin[e.id];
+      generation[id].store(static_cast<std::uint8_t>(generation[e.id].load() + 1));
+      again[count++] = Event{id};
+    }
+    if (count == 0) return;
+    if (!on_input_thread) reoffered_off_thread = true;
+    const bool was_input = on_input_thread;
+    on_input_thread = true;  // this thread offers now: evictions and byte sizes are its own
+    ++reoffer_depth;
+    std::size_t taken = 0;
+    if (count == 1 && again[0].id % 2 == 0) {
+      taken = target->process_event(again[0]) ? 1 : 0;
+    } else {
+      taken = target->process_events(std::span<const Event>(again.data(), count));
+    }
+    --reoffer_depth;
+    on_input_thread = was_input;
+    for (std::size_t k = 0; k < count; ++k) {
+      refused_head[again[k].id] = again[std::min(taken, count - 1)].id;
+      accepted[again[k].id].store(k < taken ? 1 : 0);
+    }
   };
 
-  using Backend = buffered::BufferedBackend<Event, Sink<F>&>;
   const Sizes sizes = input.sizes;
   const bool bounded = c.max_buffer_bytes != 0 || c.max_batch_bytes != 0;
   std::atomic<std::uint64_t> byte_size_calls{0}, byte_size_off_thread{0};
@@ -429,10 +497,10 @@ int run_input(Reader& in, const Input& input) {
   typename Backend::byte_size_function byte_size;
   if (input.byte_size_function) {
     byte_size = [counters = SizeCounters{&byte_size_calls, &byte_size_off_thread},
-                 spread = sizes.spread](const Event& e) {
+                 spread = sizes.spread, origins = origin.data()](const Event& e) {
       counters.calls->fetch_add(1, std::memory_order_relaxed);
       if (!on_input_thread) counters.off_thread->fetch_add(1, std::memory_order_relaxed);
-      return 1 + Sizes::extra(e.id, spread);
+      return 1 + Sizes::extra(origins[e.id], spread);
     };
   }
   std::unique_ptr<Backend> backend;
@@ -445,10 +513,11 @@ int run_input(Reader& in, const Input& input) {
     return 0;
   }
   require(input.valid, "an invalid configuration was accepted");
+  target = backend.get();
 
   // Larger than a byte bound: refused too_large, whatever the policy.
   auto oversized = [&](std::uint64_t id) {
-    const std::size_t bytes = sizes.of(id);
+    const std::size_t bytes = sizes.of(origin[id]);
     return (c.max_buffer_bytes != 0 && bytes > c.max_buffer_bytes) ||
            (c.max_batch_bytes != 0 && bytes > c.max_batch_bytes);
   };
@@ -493,11 +562,8 @@ int run_input(Reader& in, const Input& input) {
     }
   };
 
-  std::vector<bool> accepted;
-  accepted.reserve(kMaxEvents);  // nothing below allocates until the final checks
-  std::vector<std::uint64_t> refused_head(kMaxEvents);  // the first refused id of its offer
+  // Nothing below allocates until the final checks.
   bool shut_down_called = false;
-  std::uint64_t next_id = 0;
   std::uint64_t last_accepted_count = 0;
   std::uint64_t flush_checked = 0;  // accepted events below this id: settled at a flush
   PendingFault pending_fault;
@@ -551,14 +617,14 @@ int run_input(Reader& in, const Input& input) {
     require(holds(), "accounting identity broken after shutdown()");
   };
   auto offer_one = [&](bool by_move) {
-    if (next_id >= kMaxEvents) return;
-    const std::uint64_t id = next_id++;
+    const std::uint64_t id = reserve_id();
+    if (id == kMaxEvents) return;
     Event e{id};
     const Refusal want = model.active ? model_offer(id) : Refusal::none;
     const bool ok = no_alloc("process_event", [&] {
       return by_move ? backend->process_event(std::move(e)) : backend->process_event(e);
     });
-    accepted.push_back(ok);
+    accepted[id].store(ok ? 1 : 0);
     refused_head[id] = id;
     if (model.active) {
       require(ok == (want == Refusal::none), "an offer before run() went against the model");
@@ -579,8 +645,11 @@ int run_input(Reader& in, const Input& input) {
       case 3: {
         std::array<Event, 8> events{};
         std::size_t count = 0;
-        for (int k = 0; k < 1 + op / 8 % 8 && next_id < kMaxEvents; ++k)
-          events[count++] = Event{next_id++};
+        for (int k = 0; k < 1 + op / 8 % 8; ++k) {
+          const std::uint64_t id = reserve_id();
+          if (id == kMaxEvents) break;
+          events[count++] = Event{id};
+        }
         const std::span<const Event> span(events.data(), count);
         std::size_t want_taken = count;
         Refusal want = Refusal::none;
@@ -594,7 +663,7 @@ int run_input(Reader& in, const Input& input) {
         const std::size_t n =
             no_alloc("process_events", [&] { return backend->process_events(span); });
         for (std::size_t k = 0; k < count; ++k) {
-          accepted.push_back(k < n);
+          accepted[events[k].id].store(k < n ? 1 : 0);
           refused_head[events[k].id] = events[std::min(n, count - 1)].id;
         }
         if (model.active) {
@@ -641,8 +710,10 @@ int run_input(Reader& in, const Input& input) {
         if (flushed) {
           // Every event accepted so far is delivered or failed: none waits for a retry.
           std::lock_guard<std::mutex> lock(ledger.mu);
+          // (A re-offer may be accepted, on a library thread, while flush() runs.)
           for (; flush_checked < next_id; ++flush_checked) {
-            require(!accepted[flush_checked] || ledger.settled[flush_checked] != 0,
+            require(!accepted[flush_checked] || generation[flush_checked] != 0 ||
+                        ledger.settled[flush_checked] != 0,
                     "flush() returned true before an accepted event was delivered or failed");
           }
         }
@@ -659,6 +730,12 @@ int run_input(Reader& in, const Input& input) {
         }
         break;
       default: {
+        if ((op & 8) == 0 && op >> 4 != 0) {
+          // The error handler re-offers from now on: the model of the buffer before run() does
+          // not follow re-offers.
+          reoffer_mode = static_cast<unsigned>(op >> 4);
+          model.active = false;
+        }
         if (op & 8) {
           // Fail an allocation in the next library call: 0 = this thread's next one, otherwise
           // the Nth (1..16) on any thread, once (even) or from then on (odd).
@@ -806,7 +883,8 @@ int run_input(Reader& in, const Input& input) {
       require(!oversized(head) || kind == Refusal::too_large ||
                   (kind == Refusal::shut_down && shut_down_called),
               "an event larger than a byte bound was not refused too_large");
-      require(kind != Refusal::buffer_full || c.overflow != buffered::OverflowPolicy::drop_oldest,
+      require(kind != Refusal::buffer_full || c.overflow != buffered::OverflowPolicy::drop_oldest ||
+                  reoffered_off_thread.load(),
               "drop_oldest with one producer refused buffer_full");
     }
     n_delivered += end == End::delivered ? 1 : 0;
@@ -827,9 +905,13 @@ int run_input(Reader& in, const Input& input) {
   require(s.queued_bytes == 0, "Stats.queued_bytes after shutdown");
   require(c.overflow == buffered::OverflowPolicy::drop_oldest || n_evicted == 0,
           "evicted without drop_oldest");
-  for (std::size_t i = 1; i < ledger.evicted_order.size(); ++i) {
-    require(ledger.evicted_order[i - 1] < ledger.evicted_order[i],
+  // (A re-offer, pushed before the offer that evicted it, is out of the ids' order.)
+  std::int64_t last_evicted = -1;
+  for (const std::uint64_t id : ledger.evicted_order) {
+    if (generation[id] != 0) continue;
+    require(reoffered_off_thread.load() || static_cast<std::int64_t>(id) > last_evicted,
             "one producer: evictions out of order");
+    last_evicted = static_cast<std::int64_t>(id);
   }
   require(ledger.off_thread_reports == 0, "evicted or too_large reported off the input's thread");
   if (input.byte_size_function) {
@@ -848,7 +930,7 @@ int run_input(Reader& in, const Input& input) {
     if (c.max_batch_bytes != 0) {
       std::size_t bytes = 0;
       for (std::size_t k = 0; k < call.size; ++k)
-        bytes += sizes.of(ledger.call_order[call.first + k]);
+        bytes += sizes.of(origin[ledger.call_order[call.first + k]]);
       require(bytes <= c.max_batch_bytes, "a batch above max_batch_bytes");
     }
   }
@@ -859,16 +941,23 @@ int run_input(Reader& in, const Input& input) {
   std::vector<bool> taken(next_id, false);
   std::int64_t current = -1;
   for (const CallRecord& call : ledger.calls) {
-    for (std::size_t k = 1; k < call.size; ++k) {
-      require(ledger.call_order[call.first + k - 1] < ledger.call_order[call.first + k],
-              "order broken inside a batch");
+    // Of the input's own offers (a re-offer is in no order with them): first and last here.
+    std::int64_t first_own = -1, last_own = -1;
+    for (std::size_t k = 0; k < call.size; ++k) {
+      const std::uint64_t id = ledger.call_order[call.first + k];
+      if (generation[id] != 0) continue;
+      require(static_cast<std::int64_t>(id) > last_own, "order broken inside a batch");
+      if (first_own == -1) first_own = static_cast<std::int64_t>(id);
+      last_own = static_cast<std::int64_t>(id);
     }
     if (!ordered) continue;
     const std::uint64_t key = ledger.call_order[call.first];
     if (!taken[key]) {
       taken[key] = true;
-      require(static_cast<std::int64_t>(key) > last_first, "order broken");
-      last_first = static_cast<std::int64_t>(ledger.call_order[call.first + call.size - 1]);
+      if (first_own != -1) {
+        require(first_own > last_first, "order broken");
+        last_first = last_own;
+      }
     } else {
       require(static_cast<std::int64_t>(key) == current,
               "another batch was taken while one waited to retry");
@@ -901,7 +990,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t overflow_byte = in.byte();
   c.overflow =
       (overflow_byte & 1) ? buffered::OverflowPolicy::block : buffered::OverflowPolicy::drop_newest;
-  c.block_timeout = std::chrono::microseconds(in.byte() % 100);  // bounded: an input never hangs
+  // Bounded: an input never hangs. With the byte bounds, bit 7 selects buffer sizes up to 71.
+  const std::uint8_t timeout_byte = in.byte();
+  const bool wide_buffer = (buffer_byte & 0x80) != 0 && (timeout_byte & 0x80) != 0;
+  if (wide_buffer) c.buffer_size = (buffer_byte & 0x7f) % 72;
+  c.block_timeout =
+      std::chrono::microseconds((wide_buffer ? timeout_byte & 0x7f : timeout_byte) % 100);
   const std::uint8_t throttle = in.byte();
   if (throttle % 8 == 0)  // burst 0 (invalid) to 3
     c.throttle = buffered::Throttle{100000.0, static_cast<std::size_t>((throttle >> 3) % 4)};

@@ -27,6 +27,25 @@
 // the checker can recompute them; in some rounds no byte_size function: sizeof(Event)); a few of
 // them first try max_batch_bytes > max_buffer_bytes, which the constructor must refuse, naming
 // max_batch_bytes.
+// Four more shapes, drawn from a generator of their own (so a seed's other draws stay as they
+// were); the watchdog and every violation name the round's shapes with its seed:
+//   - exit_offers: every producer thread owns a thread_local, made before its first offer, whose
+//     destructor (run after the library's thread_locals of that thread are gone) offers 1-12 more
+//     of the thread's ids by all three calls; with a second backend the thread first offers into
+//     it too, and that backend is destroyed before the thread ends, or alive then and offered
+//     into by the destructor as well (its ids are checked delivered or reported exactly once);
+//   - linger: max_batch_wait of 2-4 s, one event queued, then 2-6 NEW threads, a lane each, fill
+//     one or two full batches between them: those must reach the delegate within half of
+//     max_batch_wait, else a violation;
+//   - reoffer: drop_oldest, and the error handler re-offers the evicted events (with
+//     reoffer_others every kind), each up to 1-3 times, nested at most four deep. A re-offer is a
+//     new offer of the same id: the bookkeeping counts by tag (id | offer << 48), so each offer
+//     ends exactly once; the order checks leave re-offers out. No offer may take over 2 s;
+//   - fork (not under TSan, which does not support fork with threads well): while producers
+//     offer, the process forks; the child destroys the inherited backend(s) at once and exits
+//     (exit(0) or _exit(0)); the parent kills it after 10 s (a violation), checks its exit status
+//     and that it made no delegate call (counted back through a pipe), then goes on with the
+//     round, which must still be exactly-once.
 // After each round the run checks that
 //   - every accepted id ended exactly once: in a batch whose last attempt delivered it, or
 //     reported delegate_failed, abandoned or evicted (an evicted id never reached the delegate;
@@ -66,6 +85,10 @@
 //     prints the seed too.
 // Prints one summary line; exits non-zero on any violation.
 #include <dirent.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <buffered/buffered_backend.hpp>
 
 #include <algorithm>
@@ -92,6 +115,11 @@
 #include "../delegate_forms.hpp"
 #include "../fault/fault_injection.hpp"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#include <sanitizer/common_interface_defs.h>
+#define BUFFERED_STRESS_SANITIZER 1
+#endif
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -103,8 +131,18 @@ namespace fault = buffered_test::fault;
 
 struct Event {
   std::uint64_t id = 0;
-  std::string payload;  // heap-allocated when long: sanitizers see every copy, move and free
+  std::string payload;      // heap-allocated when long: sanitizers see every copy, move and free
+  std::uint32_t offer = 0;  // 0: offered by a producer; k: its k-th re-offer by the error handler
 };
+
+// What the bookkeeping counts by: one offer of an id. The id itself for a first offer (so every
+// check of a round without re-offers sees the ids), the offer number in bits 48-63 for a re-offer.
+std::uint64_t tag_of(const Event& e) { return e.id | (std::uint64_t{e.offer} << 48); }
+std::uint64_t base_id(std::uint64_t tag) { return tag & ((std::uint64_t{1} << 48) - 1); }
+std::uint32_t producer_of(std::uint64_t tag) {
+  return static_cast<std::uint32_t>(tag >> 32 & 0xffff);
+}
+std::uint32_t offer_of(std::uint64_t tag) { return static_cast<std::uint32_t>(tag >> 48); }
 
 std::string payload_for(std::uint64_t id) {
   std::string p = std::to_string(id);
@@ -131,7 +169,9 @@ struct ByteSizes {
     h ^= h >> 29;
     return static_cast<std::size_t>(h % spread);
   }
-  std::size_t of(std::uint64_t id) const {
+  // Of an id, or of a tag (a re-offer has its id's size).
+  std::size_t of(std::uint64_t tag) const {
+    const std::uint64_t id = base_id(tag);
     return custom ? payload_size(id) + extra(id, spread) : sizeof(Event);
   }
 };
@@ -154,9 +194,68 @@ struct Totals {
   std::uint64_t retry_rounds = 0, context_rounds = 0, retries = 0, retry_abandoned = 0,
                 permanent = 0, retry_delivered = 0;
   std::uint64_t byte_rounds = 0, drop_oldest_rounds = 0, evicted = 0, too_large = 0;
+  std::uint64_t exit_rounds = 0, exit_offers = 0, second_backends = 0, linger_rounds = 0,
+                reoffer_rounds = 0, reoffered = 0, fork_rounds = 0;
 };
 
 std::atomic<std::uint64_t> current_seed{0};  // of the round running now, for the messages
+std::atomic<unsigned> current_shapes{0};     // of the round running now: Shape bits
+
+// The shapes a round may take besides the random config, for the watchdog's message.
+enum Shape : unsigned {
+  kExitOffers = 1,  // producers own a thread_local whose destructor offers
+  kLinger = 2,      // new lanes register while a batch lingers
+  kReoffer = 4,     // the error handler re-offers (drop_oldest)
+  kFork = 8,        // the process forks while the backend runs
+};
+std::string shape_names(unsigned shapes) {
+  std::string names;
+  if (shapes & kExitOffers) names += " exit_offers";
+  if (shapes & kLinger) names += " linger";
+  if (shapes & kReoffer) names += " reoffer";
+  if (shapes & kFork) names += " fork";
+  return names.empty() ? " none" : names;
+}
+
+// fork() with the library's threads running: not under ThreadSanitizer, which does not support
+// it well (a child of a multithreaded process may deadlock in its runtime).
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kForkSupported = false;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kForkSupported = false;
+#else
+constexpr bool kForkSupported = true;
+#endif
+#else
+constexpr bool kForkSupported = true;
+#endif
+
+// Set in a forked child at once: the delegates and error handlers then only count (another
+// thread of the parent may have held a lock of theirs at the fork) and the counts go back to
+// the parent through a pipe.
+std::atomic<bool> in_fork_child{false};
+std::atomic<std::uint64_t> child_delegate_calls{0}, child_reported{0};
+
+// A producer thread's thread_local, constructed before the thread's first offer: it is destroyed
+// after the library's own thread_locals of that thread (made at the first offer), and its
+// destructor offers more events.
+struct ExitOffers {
+  std::function<void()> at_exit;
+  ~ExitOffers() {
+    if (!at_exit) return;
+    const std::function<void()> f = std::move(at_exit);
+    f();
+  }
+};
+ExitOffers& exit_offers() {
+  thread_local ExitOffers offers;
+  return offers;
+}
+
+// How deep the error handler's re-offers nest on this thread (a re-offer that evicts reports
+// on this thread, and the handler may re-offer again).
+thread_local int reoffer_depth = 0;
 
 // Set on the tool's producer threads: evicted and too_large are reported on the producer's.
 thread_local bool on_producer_thread = false;
@@ -250,6 +349,32 @@ std::size_t threads_at_rest() {
 }
 
 // ---- one round ----
+
+// The second backend of an exit_offers round: its own ids (producer kSecondProducer + p), a plain
+// sink and error handler that count what they see per id.
+constexpr std::uint32_t kSecondProducer = 0x1000;
+struct SecondLedger {
+  std::mutex mu;
+  std::unordered_map<std::uint64_t, int> delivered, reported, accepted;  // guarded by mu
+  std::vector<std::uint64_t> refused;                                    // guarded by mu
+};
+struct SecondSink {
+  SecondLedger* ledger;
+  void operator()(std::span<Event> batch) const {
+    if (in_fork_child.load()) {
+      child_delegate_calls.fetch_add(1);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(ledger->mu);
+    for (const Event& e : batch) ++ledger->delivered[e.id];
+  }
+};
+
+// An offer (or a re-offer) that takes longer than this did not return in bounded time: with
+// drop_oldest or drop_newest nothing waits for space.
+constexpr auto kOfferLimit = 2s;
+// A forked child must have exited this long after the fork.
+constexpr auto kForkChildLimit = 10s;
 
 // How a delegate call ended, as the library must read it.
 enum class Verdict { delivered, retryable, permanent };
@@ -363,6 +488,7 @@ class SinkBase {
   explicit SinkBase(RoundShared& shared) : sh(shared) {}
 
   void run() {
+    if (in_fork_child.load()) return;
     const HoldFault hold;
     if (sh.plan.delegate_run_throws) {
       std::lock_guard<std::mutex> lock(sh.rng_mu);
@@ -374,17 +500,23 @@ class SinkBase {
   }
 
   void shutdown() {
+    if (in_fork_child.load()) return;
     const HoldFault hold;
     if (sh.obs.shutdowns.fetch_add(1) + 1 > sh.obs.runs.load()) sh.obs.bad_shutdowns.fetch_add(1);
   }
 
   void flush() {
+    if (in_fork_child.load()) return;
     const HoldFault hold;
     if (sh.obs.runs.load() <= sh.obs.shutdowns.load()) sh.obs.bad_flushes.fetch_add(1);
   }
 
  protected:
   Ending handle(std::span<Event> batch, const buffered::BatchContext* context, Result form) {
+    if (in_fork_child.load()) {
+      child_delegate_calls.fetch_add(1);  // a forked child must deliver nothing
+      return {Ending::How::delivered};
+    }
     library_thread_fault.settle();
     const HoldFault hold;
     DeadlineRead first_read{};
@@ -438,7 +570,7 @@ class SinkBase {
     ids.reserve(batch.size());
     std::uint64_t bad = 0;
     for (const Event& e : batch) {
-      ids.push_back(e.id);
+      ids.push_back(tag_of(e));
       if (e.payload != payload_for(e.id)) ++bad;
     }
     std::size_t index = 0;
@@ -478,7 +610,7 @@ class SinkBase {
           call.past_deadline = true;
       }
       if (verdict == Verdict::delivered) {
-        for (const Event& e : batch) ++sh.obs.settled[e.id];
+        for (const Event& e : batch) ++sh.obs.settled[tag_of(e)];
       }
     }
     // The library must not allocate on this thread after the call: the next allocation fails.
@@ -509,7 +641,11 @@ using Sink = buffered_test::FormSink<F, SinkBase, Event>;
 class Round {
  public:
   Round(std::uint64_t seed, bool verbose)
-      : rng_(seed), fault_rng_(seed ^ 0x9e3779b97f4a7c15ull), seed_(seed), verbose_(verbose) {}
+      : rng_(seed),
+        fault_rng_(seed ^ 0x9e3779b97f4a7c15ull),
+        shape_rng_(seed ^ 0x5851f42d4c957f2dull),
+        seed_(seed),
+        verbose_(verbose) {}
 
   // Runs one round; returns the number of violations found.
   std::uint64_t run(Totals& totals) {
@@ -590,9 +726,54 @@ class Round {
     // delegate.run() calls flush() and stats() on its own backend: neither may wait for run().
     const bool reenter_run = chance(0.2);
 
+    // ---- the shapes (their own generator: the rest of the round is drawn as without them) ----
+    // Offers from thread_local destructors: every producer thread owns one, made before its first
+    // offer, whose destructor offers more (after the library's thread_locals of that thread are
+    // gone). second_mode: 1 the thread also offered into a second backend, destroyed before the
+    // thread ends; 2 one still alive then, which the destructor offers into too.
+    const bool exit_round = !fault_round && shape_chance(0.15);
+    const int second_mode = exit_round ? static_cast<int>(shape_pick(0, 2)) : 0;
+    // Lanes registering during a linger: one event queued with a max_batch_wait of seconds, then
+    // new threads, each in a lane of its own, fill full batches between them: those must go at
+    // once.
+    const bool linger_probe = !run_late && !never_run && !stall_probe && !big_batch &&
+                              !byte_round && !c.throttle && !retry_plan.long_backoff &&
+                              !fault_round && shape_chance(0.1);
+    const std::uint32_t linger_batches = shape_pick(1, 2);
+    const std::uint32_t linger_lanes = shape_pick(2 * linger_batches, 6);
+    if (linger_probe) {
+      c.max_batch_size = shape_pick(8, 64);
+      c.buffer_size = std::max<std::size_t>(c.buffer_size, 4 * c.max_batch_size + 16);
+      c.max_batch_wait = std::chrono::seconds(shape_pick(2, 4));
+    }
+    // Handlers that re-offer under drop_oldest: evicted events (reported on the producer's
+    // thread, inside its offer), and with reoffer_others every other kind too (delegate_failed
+    // and abandoned on the library's threads or a shutdown's caller), each event up to
+    // reoffer_generations times.
+    const bool reoffer_round = !fault_round && !stall_probe && shape_chance(0.15);
+    const bool reoffer_others = reoffer_round && shape_chance(0.5);
+    const std::uint32_t reoffer_generations = shape_pick(1, 3);
+    if (reoffer_round) c.overflow = buffered::OverflowPolicy::drop_oldest;
+    // A fork while the backend runs: the child destroys the inherited backend(s) at once and
+    // exits (exit(0) or _exit(0)); it must exit in time and deliver nothing.
+    const bool fork_probe = kForkSupported && !run_late && !never_run && shape_chance(0.08);
+    const bool fork_exit = shape_chance(0.5);
+    current_shapes = (exit_round ? kExitOffers : 0u) | (linger_probe ? kLinger : 0u) |
+                     (reoffer_round ? kReoffer : 0u) | (fork_probe ? kFork : 0u);
+    // Bookkeeping slots: the producers, then the linger probe's first event and its threads,
+    // then the handler's re-offers.
+    const std::uint32_t linger_slot = producers;
+    const std::uint32_t reoffer_slot = producers + 1 + linger_lanes;
+    const std::uint32_t id_slots = reoffer_slot + 1;
+    // One thread offers into the backend: drop_oldest then never refuses buffer_full, and evicts
+    // that thread's events in order.
+    const bool one_thread = producers == 1 && !linger_probe && !reoffer_others;
+
     sh.rng.seed(rng_());
     std::vector<std::mt19937_64> producer_rngs;
     for (std::uint32_t p = 0; p < producers; ++p) producer_rngs.emplace_back(rng_());
+    std::vector<std::mt19937_64> exit_rngs;  // what the thread_local destructors offer
+    for (std::uint32_t p = 0; p < producers; ++p) exit_rngs.emplace_back(shape_rng_());
     Observed& obs = sh.obs;
     SinkType sink{SinkBase(sh)};
 
@@ -601,12 +782,20 @@ class Round {
     auto violation = [&](const std::string& what) {
       std::lock_guard<std::mutex> lock(violation_mu);
       ++v;
-      if (v <= 5) std::fprintf(stderr, "VIOLATION seed=%" PRIu64 ": %s\n", seed_, what.c_str());
+      if (v <= 5)
+        std::fprintf(stderr, "VIOLATION seed=%" PRIu64 " (shapes:%s): %s\n", seed_,
+                     shape_names(current_shapes.load()).c_str(), what.c_str());
     };
     std::atomic<std::uint64_t> alloc_armed{0}, alloc_failed{0};
     const std::uint64_t library_fired_before = library_thread_faults_fired.load();
 
-    auto on_error = [&obs](buffered::ErrorKind kind, std::span<const Event> events) {
+    // A reoffer round's re-offers, called by the error handler after it has recorded the report.
+    std::function<void(buffered::ErrorKind, std::span<const Event>)> reoffer;
+    auto on_error = [&obs, &reoffer](buffered::ErrorKind kind, std::span<const Event> events) {
+      if (in_fork_child.load()) {
+        child_reported.fetch_add(events.size());
+        return;
+      }
       const HoldFault hold;
       // delegate_failed is reported inside the catch of the last attempt's exception, if any.
       std::int64_t exception_call = -1;
@@ -624,50 +813,53 @@ class Round {
         }
       }
       const std::uint64_t seq = obs.seq.fetch_add(1);
-      std::lock_guard<std::mutex> lock(obs.mu);
-      std::unordered_map<std::uint64_t, int>* into = &obs.reported_abandoned;
-      switch (kind) {
-        case buffered::ErrorKind::buffer_full:
-          into = &obs.reported_full;
-          break;
-        case buffered::ErrorKind::shut_down:
-          into = &obs.reported_shut_down;
-          break;
-        case buffered::ErrorKind::delegate_failed:
-          into = &obs.reported_failed;
-          break;
-        case buffered::ErrorKind::abandoned:
-          break;
-        case buffered::ErrorKind::evicted:
-          into = &obs.reported_evicted;
-          break;
-        case buffered::ErrorKind::too_large:
-          into = &obs.reported_too_large;
-          break;
-      }
-      const bool on_producer =
-          kind == buffered::ErrorKind::evicted || kind == buffered::ErrorKind::too_large;
-      if (on_producer && !on_producer_thread) ++obs.off_producer_reports;
-      for (const Event& e : events) {
-        ++(*into)[e.id];
-        if (kind == buffered::ErrorKind::evicted) {
-          obs.evicted_order.push_back(e.id);
-          obs.evicted_by[e.id] = producer_index;
-          ++obs.settled[e.id];
+      {
+        std::lock_guard<std::mutex> lock(obs.mu);
+        std::unordered_map<std::uint64_t, int>* into = &obs.reported_abandoned;
+        switch (kind) {
+          case buffered::ErrorKind::buffer_full:
+            into = &obs.reported_full;
+            break;
+          case buffered::ErrorKind::shut_down:
+            into = &obs.reported_shut_down;
+            break;
+          case buffered::ErrorKind::delegate_failed:
+            into = &obs.reported_failed;
+            break;
+          case buffered::ErrorKind::abandoned:
+            break;
+          case buffered::ErrorKind::evicted:
+            into = &obs.reported_evicted;
+            break;
+          case buffered::ErrorKind::too_large:
+            into = &obs.reported_too_large;
+            break;
         }
-        // The delegate never moves from events: a failed batch is reported as it was offered.
-        if (e.payload != payload_for(e.id)) ++obs.bad_payloads;
-      }
-      if (kind == buffered::ErrorKind::delegate_failed) {
-        FailedReport report;
-        report.seq = seq;
-        report.exception_call = exception_call;
+        const bool on_producer =
+            kind == buffered::ErrorKind::evicted || kind == buffered::ErrorKind::too_large;
+        if (on_producer && !on_producer_thread) ++obs.off_producer_reports;
         for (const Event& e : events) {
-          report.ids.push_back(e.id);
-          ++obs.settled[e.id];
+          ++(*into)[tag_of(e)];
+          if (kind == buffered::ErrorKind::evicted) {
+            obs.evicted_order.push_back(tag_of(e));
+            obs.evicted_by[tag_of(e)] = producer_index;
+            ++obs.settled[tag_of(e)];
+          }
+          // The delegate never moves from events: a failed batch is reported as it was offered.
+          if (e.payload != payload_for(e.id)) ++obs.bad_payloads;
         }
-        obs.failed_reports.push_back(std::move(report));
+        if (kind == buffered::ErrorKind::delegate_failed) {
+          FailedReport report;
+          report.seq = seq;
+          report.exception_call = exception_call;
+          for (const Event& e : events) {
+            report.ids.push_back(tag_of(e));
+            ++obs.settled[tag_of(e)];
+          }
+          obs.failed_reports.push_back(std::move(report));
+        }
       }
+      if (reoffer) reoffer(kind, events);  // with no lock held: it may be called again inside
     };
 
     // Arms a one-shot failure of this thread's next allocation, if `on`; disarm() says whether
@@ -693,8 +885,9 @@ class Round {
 
     // refused_head[p][i]: the first refused id of the offer that refused refused[p][i] (itself
     // for process_event; in a span, every id from the refused one on shares its kind).
-    std::vector<std::vector<std::uint64_t>> accepted(producers), refused(producers),
-        refused_head(producers), not_offered(producers);
+    std::vector<std::vector<std::uint64_t>> accepted(id_slots), refused(id_slots),
+        refused_head(id_slots), not_offered(id_slots);
+    std::vector<std::uint32_t> next_seq(producers, 0);  // a producer's next seq, once it is done
     buffered::Stats stats{};
     using Backend = buffered::BufferedBackend<Event, SinkType&>;
     std::optional<Backend> backend;
@@ -763,6 +956,105 @@ class Round {
         return finish(totals, v, 0, 0, 0);
       }
     }
+
+    // The re-offers: copies of the reported events, each one offer further (a new offer of the
+    // same id, counted by its tag in the re-offer slot), on the reporting thread, nested at most
+    // four deep on it. Into the backend also while its destructor shuts it down (the object is
+    // alive until that returns).
+    Backend* const target = &*backend;
+    std::mutex reoffer_mu;
+    std::uint64_t reoffered = 0;                // guarded by reoffer_mu
+    std::chrono::nanoseconds slowest_offer{0};  // guarded by reoffer_mu: with re-offers
+    if (reoffer_round) {
+      reoffer = [&, target](buffered::ErrorKind kind, std::span<const Event> events) {
+        if (kind != buffered::ErrorKind::evicted && !reoffer_others) return;
+        if (reoffer_depth >= 4) return;
+        std::vector<Event> again;
+        for (const Event& e : events) {
+          if (e.offer < reoffer_generations) again.push_back({e.id, e.payload, e.offer + 1});
+        }
+        if (again.empty()) return;
+        ++reoffer_depth;
+        // This thread offers now: evicted and too_large are reported here, byte_size called here.
+        const bool was_producer = on_producer_thread;
+        on_producer_thread = true;
+        const auto t0 = Clock::now();
+        std::size_t taken = 0;
+        if (again.size() == 1 && again.front().id % 2 == 0) {
+          Event copy = again.front();  // left intact if refused
+          taken = target->process_event(std::move(copy)) ? 1 : 0;
+        } else {
+          taken = target->process_events(again);
+        }
+        const auto took = Clock::now() - t0;
+        on_producer_thread = was_producer;
+        --reoffer_depth;
+        std::lock_guard<std::mutex> lock(reoffer_mu);
+        reoffered += again.size();
+        slowest_offer = std::max<std::chrono::nanoseconds>(slowest_offer, took);
+        for (std::size_t k = 0; k < again.size(); ++k) {
+          (k < taken ? accepted : refused)[reoffer_slot].push_back(tag_of(again[k]));
+          if (k >= taken) refused_head[reoffer_slot].push_back(tag_of(again[taken]));
+        }
+      };
+    }
+
+    // The second backend of an exit_offers round: runs at once, takes each producer's first few
+    // events (so the thread holds a lane of it) and, with second_mode 2, more from the
+    // thread_local destructors.
+    SecondLedger second_ledger;
+    using SecondBackend = buffered::BufferedBackend<Event, SecondSink>;
+    std::optional<SecondBackend> second;
+    std::atomic<std::uint32_t> second_offered{0};
+    std::atomic<bool> second_settled{second_mode == 0};
+    if (second_mode != 0) {
+      buffered::BatchConfig sc;
+      sc.buffer_size = 256;
+      sc.max_batch_size = 16;
+      sc.max_batch_wait = 200us;
+      second.emplace(SecondSink{&second_ledger}, sc,
+                     [&second_ledger](buffered::ErrorKind, std::span<const Event> events) {
+                       if (in_fork_child.load()) {
+                         child_reported.fetch_add(events.size());
+                         return;
+                       }
+                       std::lock_guard<std::mutex> lock(second_ledger.mu);
+                       for (const Event& e : events) ++second_ledger.reported[e.id];
+                     });
+      second->run();
+    }
+    auto offer_second = [&](std::uint32_t p, std::uint32_t& seq, std::uint32_t n) {
+      for (std::uint32_t k = 0; k < n; ++k) {
+        const std::uint64_t id = make_id(kSecondProducer + p, seq++);
+        const bool ok = second->process_event(Event{id, payload_for(id)});
+        std::lock_guard<std::mutex> lock(second_ledger.mu);
+        if (ok) {
+          ++second_ledger.accepted[id];
+        } else {
+          second_ledger.refused.push_back(id);
+        }
+      }
+    };
+    // After the second backend is gone: each accepted id delivered or reported once, each refused
+    // one reported once.
+    auto check_second = [&] {
+      std::lock_guard<std::mutex> lock(second_ledger.mu);
+      for (const auto& [id, n] : second_ledger.accepted) {
+        const int times =
+            times_in(second_ledger.delivered, id) + times_in(second_ledger.reported, id);
+        if (n != 1 || times != 1)
+          violation("second backend: accepted id " + std::to_string(id) + " ended " +
+                    std::to_string(times) + " times");
+      }
+      for (const std::uint64_t id : second_ledger.refused) {
+        if (times_in(second_ledger.reported, id) != 1 || times_in(second_ledger.delivered, id) != 0)
+          violation("second backend: refused id " + std::to_string(id) + " not reported once");
+      }
+      for (const auto& [id, n] : second_ledger.delivered) {
+        if (second_ledger.accepted.count(id) == 0)
+          violation("second backend: delivered id " + std::to_string(id) + " never accepted");
+      }
+    };
 
     // run(): retried after a failure, which must leave nothing running.
     const std::size_t threads_before = run_late || never_run ? 0 : threads_at_rest();
@@ -880,15 +1172,186 @@ class Round {
       }
     };
 
+    // What a producer's thread_local destructor offers: more of its ids (after those of its
+    // loop), by each of the three calls, and with second_mode 2 more into the second backend.
+    std::vector<std::uint32_t> second_seqs(producers, 0);
+    std::atomic<std::uint64_t> exit_offered{0};
+    auto offer_at_exit = [&](std::uint32_t p) {
+      auto& erng = exit_rngs[p];
+      std::uint32_t seq = next_seq[p];
+      const std::uint32_t n = 1 + static_cast<std::uint32_t>(erng() % 12);
+      for (std::uint32_t k = 0; k < n;) {
+        const unsigned how = static_cast<unsigned>(erng() % 3);
+        if (how == 2) {
+          const std::uint32_t m = std::min<std::uint32_t>(1 + erng() % 4, n - k);
+          std::vector<Event> span;
+          for (std::uint32_t i = 0; i < m; ++i)
+            span.push_back({make_id(p, seq + i), payload_for(make_id(p, seq + i))});
+          const std::size_t taken = backend->process_events(span);
+          for (std::uint32_t i = 0; i < m; ++i) {
+            (i < taken ? accepted : refused)[p].push_back(span[i].id);
+            if (i >= taken) refused_head[p].push_back(span[taken].id);
+          }
+          seq += m;
+          k += m;
+        } else {
+          const std::uint64_t id = make_id(p, seq++);
+          Event e{id, payload_for(id)};
+          const bool ok =
+              how == 0 ? backend->process_event(e) : backend->process_event(std::move(e));
+          (ok ? accepted : refused)[p].push_back(id);
+          if (!ok) refused_head[p].push_back(id);
+          ++k;
+        }
+      }
+      exit_offered += n;
+      if (second_mode == 2)
+        offer_second(p, second_seqs[p], 1 + static_cast<std::uint32_t>(erng() % 3));
+    };
+
+    // fork() while the backend runs (and producers offer): the child, with only this thread,
+    // destroys the inherited backend(s) at once and exits; the parent waits for it (SIGKILL
+    // after kForkChildLimit), checks its exit status, and reads back through a pipe how many
+    // delegate calls the child made (none allowed) and how many events it reported.
+    std::uint64_t child_reports = 0;
+    auto fork_and_check = [&](bool use_exit) {
+      int fds[2];
+      if (::pipe(fds) != 0) {
+        violation("fork: pipe() failed");
+        return;
+      }
+      std::fflush(stdout);
+      std::fflush(stderr);
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        in_fork_child = true;
+        ::close(fds[0]);
+        backend.reset();
+        second.reset();
+        const std::uint64_t counts[2] = {child_delegate_calls.load(), child_reported.load()};
+        const ssize_t written = ::write(fds[1], counts, sizeof counts);
+        ::close(fds[1]);
+        const int code = written == static_cast<ssize_t>(sizeof counts) ? 0 : 4;
+        if (use_exit) std::exit(code);
+        ::_exit(code);
+      }
+      ::close(fds[1]);
+      if (pid < 0) {
+        ::close(fds[0]);
+        violation("fork: fork() failed");
+        return;
+      }
+      int status = 0;
+      bool exited = false;
+      const auto t0 = Clock::now();
+      while (Clock::now() - t0 < kForkChildLimit) {
+        const pid_t r = ::waitpid(pid, &status, WNOHANG);
+        if (r == pid) {
+          exited = true;
+          break;
+        }
+        std::this_thread::sleep_for(1ms);
+      }
+      if (!exited) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        violation("fork: the child (" + std::string(use_exit ? "exit" : "_exit") +
+                  ") had not destroyed the inherited backend(s) and exited " +
+                  std::to_string(
+                      std::chrono::duration_cast<std::chrono::seconds>(kForkChildLimit).count()) +
+                  " s after the fork: killed");
+      } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        violation("fork: the child ended with " +
+                  (WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
+                                     : "signal " + std::to_string(WTERMSIG(status))));
+      }
+      std::uint64_t counts[2] = {0, 0};
+      const ssize_t got = ::read(fds[0], counts, sizeof counts);
+      ::close(fds[0]);
+      if (got == static_cast<ssize_t>(sizeof counts)) {
+        if (counts[0] != 0)
+          violation("fork: the child made " + std::to_string(counts[0]) + " delegate call(s)");
+        child_reports += counts[1];
+      } else if (exited) {
+        violation("fork: no counts from the child");
+      }
+    };
+
     std::atomic<std::uint32_t> producers_done{0};
+    std::atomic<std::uint64_t> slow_offers{0};  // reoffer rounds: offers past kOfferLimit
+    std::uint64_t linger_waited_ms = 0;
     {
       if (!run_late && !never_run) start(false, false);
+      if (linger_probe) {
+        // One event queued: its batch lingers for max_batch_wait (seconds); the worker parks
+        // with a threshold for one lane. Then new threads, a lane each, fill full batches.
+        on_producer_thread = true;
+        producer_index = static_cast<int>(linger_slot);
+        const std::uint64_t first_id = make_id(linger_slot, 0);
+        const bool first_ok = backend->process_event(Event{first_id, payload_for(first_id)});
+        (first_ok ? accepted : refused)[linger_slot].push_back(first_id);
+        if (!first_ok) refused_head[linger_slot].push_back(first_id);
+        on_producer_thread = false;
+        producer_index = -1;
+        std::this_thread::sleep_for(20ms);
+        const std::uint64_t total = linger_batches * c.max_batch_size - 1;
+        std::atomic<std::uint32_t> lanes_offered{0};
+        std::atomic<bool> release{false};
+        std::vector<std::thread> lane_threads;
+        for (std::uint32_t i = 0; i < linger_lanes; ++i) {
+          const std::uint32_t slot = linger_slot + 1 + i;
+          const std::uint64_t count = total / linger_lanes + (i < total % linger_lanes ? 1 : 0);
+          lane_threads.emplace_back([&, slot, count] {
+            on_producer_thread = true;
+            producer_index = static_cast<int>(slot);
+            for (std::uint32_t k = 0; k < count; ++k) {
+              const std::uint64_t id = make_id(slot, k);
+              const bool ok = backend->process_event(Event{id, payload_for(id)});
+              (ok ? accepted : refused)[slot].push_back(id);
+              if (!ok) refused_head[slot].push_back(id);
+            }
+            lanes_offered.fetch_add(1);
+            // Its lane stays registered until the check is done.
+            const auto until = Clock::now() + 30s;
+            while (!release.load() && Clock::now() < until) std::this_thread::sleep_for(200us);
+          });
+        }
+        const auto offered_by = Clock::now() + 10s;
+        while (lanes_offered.load() < linger_lanes && Clock::now() < offered_by)
+          std::this_thread::sleep_for(100us);
+        const auto t_full = Clock::now();
+        const auto slack = c.max_batch_wait / 2;
+        while (backend->stats().batches < linger_batches && Clock::now() - t_full < slack)
+          std::this_thread::sleep_for(500us);
+        const auto waited = Clock::now() - t_full;
+        linger_waited_ms = static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(waited).count());
+        const std::uint64_t batches_seen = backend->stats().batches;
+        if (batches_seen < linger_batches) {
+          violation(
+              "linger: " + std::to_string(linger_batches) + " full batch(es) of " +
+              std::to_string(c.max_batch_size) + " events (1 queued, then " +
+              std::to_string(linger_lanes) + " new lanes) still not dispatched " +
+              std::to_string(linger_waited_ms) + " ms after they filled, max_batch_wait " +
+              std::to_string(
+                  std::chrono::duration_cast<std::chrono::seconds>(c.max_batch_wait).count()) +
+              " s (" + std::to_string(batches_seen) + " delegate calls)");
+        }
+        release = true;
+        for (auto& t : lane_threads) t.join();
+      }
       std::atomic<bool> stop_producing{false};
       std::vector<std::thread> threads;
       for (std::uint32_t p = 0; p < producers; ++p) {
         threads.emplace_back([&, p] {
           on_producer_thread = true;
           producer_index = static_cast<int>(p);
+          // Made before this thread's first offer: destroyed after the library's thread_locals.
+          if (exit_round) exit_offers().at_exit = [&offer_at_exit, p] { offer_at_exit(p); };
+          if (second_mode != 0) {
+            offer_second(p, second_seqs[p], 1 + p % 3);  // a lane in the second backend
+            second_offered.fetch_add(1);
+          }
           auto& prng = producer_rngs[p];
           std::uint32_t seq = 0;
           int after_shutdown = 0;
@@ -897,6 +1360,7 @@ class Round {
             if (stop_producing.load(std::memory_order_relaxed)) ++after_shutdown;
             const unsigned op = static_cast<unsigned>(prng() % (stall_probe ? 95 : 100));
             const bool inject = plan.offers && prng() % 10 == 0;
+            const auto offer_t0 = Clock::now();
             if (op < 40) {
               const std::uint64_t id = make_id(p, seq);
               const Event e{id, payload_for(id)};
@@ -992,10 +1456,26 @@ class Round {
                 }
               }
             }
+            if (reoffer_round && op < 95 && Clock::now() - offer_t0 > kOfferLimit)
+              slow_offers.fetch_add(1);
             if (prng() % 64 == 0) std::this_thread::yield();
           }
+          next_seq[p] = seq;
           producers_done.fetch_add(1);
+          // With second_mode 1 this thread ends only once the second backend is gone.
+          const auto until = Clock::now() + 30s;
+          while (!second_settled.load() && Clock::now() < until) std::this_thread::sleep_for(200us);
         });
+      }
+      if (second_mode != 0) {
+        const auto until = Clock::now() + 10s;
+        while (second_offered.load() < producers && Clock::now() < until)
+          std::this_thread::sleep_for(100us);
+        if (second_mode == 1) {
+          second.reset();  // the threads still hold lanes of it
+          check_second();
+        }
+        second_settled = true;
       }
       if (stall_probe) {
         // Accepted events beyond two buffers' worth mean full batches went out without waiting.
@@ -1012,7 +1492,13 @@ class Round {
                     std::to_string(backend->stats().batches) + " after 1.5 s)");
         }
       }
-      watch(shutdown_after);
+      if (fork_probe) {
+        watch(shutdown_after / 2);
+        fork_and_check(fork_exit);
+        watch(shutdown_after - shutdown_after / 2);
+      } else {
+        watch(shutdown_after);
+      }
       if (run_late && !never_run) {
         std::thread racer;
         if (race_run) {
@@ -1077,7 +1563,11 @@ class Round {
               " ms");
         }
       }
-      for (auto& t : threads) t.join();
+      for (auto& t : threads) t.join();  // their thread_local destructors have offered
+      if (second_mode == 2) {
+        second.reset();
+        check_second();
+      }
       if (shutdown_style != 3) {
         // Waits for any call still running: then the counts are final.
         guarded_shutdown(std::nullopt);
@@ -1296,7 +1786,7 @@ class Round {
       if (b == batch_of.end()) return std::nullopt;
       return batch_end[b->second];
     };
-    for (std::uint32_t p = 0; p < producers; ++p) {
+    for (std::uint32_t p = 0; p < id_slots; ++p) {
       n_accepted += accepted[p].size();
       n_refused += refused[p].size();
       n_not_offered += not_offered[p].size();
@@ -1360,7 +1850,7 @@ class Round {
                     std::to_string(c.max_batch_bytes) + ") refused buffer_full, not too_large");
         }
         // With one producer thread drop_oldest evicts instead of refusing.
-        if (drop_oldest && producers == 1 && kind == "buffer_full") {
+        if (drop_oldest && one_thread && kind == "buffer_full") {
           violation("drop_oldest, one producer: id " + std::to_string(id) + " refused buffer_full");
         }
       }
@@ -1387,19 +1877,23 @@ class Round {
     if (!drop_oldest && !obs.reported_evicted.empty())
       violation(std::to_string(obs.reported_evicted.size()) +
                 " events evicted without drop_oldest");
-    if (producers == 1) {
-      for (std::size_t i = 1; i < obs.evicted_order.size(); ++i) {
-        if (obs.evicted_order[i] <= obs.evicted_order[i - 1]) {
-          violation("one producer: evicted id " + std::to_string(obs.evicted_order[i]) +
-                    " after id " + std::to_string(obs.evicted_order[i - 1]));
+    if (one_thread) {
+      // (A re-offer, in the lane after later ids, is evicted out of their order.)
+      std::optional<std::uint64_t> previous;
+      for (const std::uint64_t id : obs.evicted_order) {
+        if (offer_of(id) != 0) continue;
+        if (previous && id <= *previous) {
+          violation("one producer: evicted id " + std::to_string(id) + " after id " +
+                    std::to_string(*previous));
           break;
         }
+        previous = id;
       }
     }
     for (const std::uint64_t id : obs.unsettled_at_flush) {
       const auto by = obs.evicted_by.find(id);
-      if (by != obs.evicted_by.end() && by->second != static_cast<int>(id >> 32)) {
-        violation("flush() on producer " + std::to_string(id >> 32) +
+      if (by != obs.evicted_by.end() && by->second != static_cast<int>(producer_of(id))) {
+        violation("flush() on producer " + std::to_string(producer_of(id)) +
                   "'s thread returned true before its accepted id " + std::to_string(id) +
                   " was reported evicted (by producer " + std::to_string(by->second) +
                   "'s thread, after the flush returned)");
@@ -1435,7 +1929,7 @@ class Round {
     // most min(max_batch_size, buffer_size) events.
     const bool ordered = !c.async_delegate || c.max_in_flight == 1;
     const std::size_t batch_limit = std::min(c.max_batch_size, c.buffer_size);
-    std::vector<std::int64_t> last(producers, -1);
+    std::vector<std::int64_t> last(id_slots, -1);
     std::unordered_map<std::uint64_t, int> attempts_seen;
     std::optional<std::uint64_t> current_batch;
     for (const Call& call : obs.calls) {
@@ -1448,9 +1942,11 @@ class Round {
         }
         current_batch = call.ids.front();
       }
-      std::vector<std::int64_t> in_call(producers, -1);
+      std::vector<std::int64_t> in_call(id_slots, -1);
       for (std::uint64_t id : call.ids) {
-        const auto p = static_cast<std::uint32_t>(id >> 32);
+        // A re-offer is a new offer, by whichever thread reported it: in no producer's order.
+        if (offer_of(id) != 0) continue;
+        const auto p = producer_of(id);
         const auto seq = static_cast<std::int64_t>(id & 0xffffffffu);
         if (seq <= in_call[p]) violation("order broken inside a batch");
         in_call[p] = seq;
@@ -1574,6 +2070,15 @@ class Round {
       if (stats.queued != 0 || stats.in_flight != 0) violation("work left after shutdown");
     }
     if (never_run && !obs.calls.empty()) violation("a never-run backend called its delegate");
+    if (slow_offers.load() != 0 || slowest_offer > kOfferLimit) {
+      violation(
+          "reoffer: " + std::to_string(slow_offers.load()) + " producer offer(s) took over " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(kOfferLimit).count()) +
+          " s; slowest re-offer from the handler " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(slowest_offer).count()) +
+          " ms");
+    }
 
     if (verbose_) {
       std::fprintf(
@@ -1584,7 +2089,9 @@ class Round {
           " throttle=%d shutdown=%d accepted=%" PRIu64 " refused=%" PRIu64 " not_offered=%" PRIu64
           " abandoned=%" PRIu64 " alloc_armed=%" PRIu64 " alloc_failed=%" PRIu64
           " retry=%zu/%lldus/x%.1f/j%.1f fail_rate=%.2f"
-          " context=%d calls=%zu retries=%" PRIu64 " retry_abandoned=%" PRIu64 "%s%s%s%s%s\n",
+          " context=%d calls=%zu retries=%" PRIu64 " retry_abandoned=%" PRIu64
+          " shapes=%s second=%d exit_offered=%" PRIu64 " linger_ms=%" PRIu64 " reoffered=%" PRIu64
+          "/%s/g%u child_reports=%" PRIu64 "%s%s%s%s%s\n",
           seed_, producers, per_producer, c.buffer_size, c.max_batch_size, c.async_delegate,
           c.max_in_flight, static_cast<int>(c.overflow), c.max_buffer_bytes, c.max_batch_bytes,
           sizes.custom ? "+" : "sizeof", sizes.custom ? sizes.spread : sizeof(Event),
@@ -1594,7 +2101,9 @@ class Round {
           c.retry ? static_cast<long long>(c.retry->initial_backoff.count() / 1000) : 0LL,
           c.retry ? c.retry->multiplier : 0.0, c.retry ? c.retry->jitter : 0.0,
           retry_plan.fail_rate, with_context ? 1 : 0, obs.calls.size(), n_retries,
-          n_retry_abandoned, retry_plan.long_backoff ? " long_backoff" : "",
+          n_retry_abandoned, shape_names(current_shapes.load()).c_str() + 1, second_mode,
+          exit_offered.load(), linger_waited_ms, reoffered, reoffer_others ? "all" : "evicted",
+          reoffer_generations, child_reports, retry_plan.long_backoff ? " long_backoff" : "",
           stall_probe ? " stall_probe" : "", sh.stuck_call >= 0 ? " stuck_call" : "",
           race_run ? " race_run" : "", reenter_run ? " reenter_run" : "");
     }
@@ -1616,6 +2125,13 @@ class Round {
     totals.drop_oldest_rounds += drop_oldest ? 1 : 0;
     totals.evicted += obs.reported_evicted.size();
     totals.too_large += obs.reported_too_large.size();
+    totals.exit_rounds += exit_round ? 1 : 0;
+    totals.exit_offers += exit_offered.load();
+    totals.second_backends += second_mode != 0 ? 1 : 0;
+    totals.linger_rounds += linger_probe ? 1 : 0;
+    totals.reoffer_rounds += reoffer_round ? 1 : 0;
+    totals.reoffered += reoffered;
+    totals.fork_rounds += fork_probe ? 1 : 0;
     return finish(totals, v, alloc_armed.load(), alloc_failed.load(), n_not_offered);
   }
 
@@ -1672,6 +2188,12 @@ class Round {
     return lo + static_cast<std::uint32_t>(rng_() % (hi - lo + 1));
   }
   bool chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
+  std::uint32_t shape_pick(std::uint32_t lo, std::uint32_t hi) {
+    return lo + static_cast<std::uint32_t>(shape_rng_() % (hi - lo + 1));
+  }
+  bool shape_chance(double p) {
+    return std::uniform_real_distribution<double>(0, 1)(shape_rng_) < p;
+  }
   // For injection choices, from any thread: a generator of their own, so that how many
   // allocations the library makes does not change the rest of the round.
   bool fault_chance(double p) {
@@ -1828,11 +2350,22 @@ class Round {
   std::mt19937_64 rng_;
   std::mt19937_64 fault_rng_;
   std::mutex fault_rng_mu_;
+  std::mt19937_64 shape_rng_;  // the shapes': a round draws the rest as it would without them
   std::uint64_t seed_;
   bool verbose_;
 };
 
 }  // namespace
+
+// LeakSanitizer: a forked child exits with the parent's threads gone, so what only they
+// referenced would look leaked. No leak check in a child.
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" int __lsan_is_turned_off() { return in_fork_child.load() ? 1 : 0; }
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+extern "C" int __lsan_is_turned_off() { return in_fork_child.load() ? 1 : 0; }
+#endif
+#endif
 
 int main(int argc, char** argv) {
   double seconds = 10;
@@ -1854,11 +2387,25 @@ int main(int argc, char** argv) {
 
   // A terminate (an exception escaping a library thread or a noexcept call) names the round.
   std::set_terminate([] {
-    std::fprintf(stderr, "TERMINATE: std::terminate in a round; rerun with --seed %" PRIu64 "\n",
-                 current_seed.load());
+    std::fprintf(
+        stderr, "TERMINATE: std::terminate in a round; rerun with --seed %" PRIu64 " (shapes:%s)\n",
+        current_seed.load(), shape_names(current_shapes.load()).c_str());
     std::fflush(stderr);
     std::abort();
   });
+
+#ifdef BUFFERED_STRESS_SANITIZER
+  // A sanitizer report that ends the run names the round too (no allocation here).
+  __sanitizer_set_death_callback([] {
+    const unsigned shapes = current_shapes.load();
+    std::fprintf(stderr,
+                 "SANITIZER: the run ends in a round; rerun with --seed %" PRIu64
+                 " (shapes:%s%s%s%s)\n",
+                 current_seed.load(), shapes & kExitOffers ? " exit_offers" : "",
+                 shapes & kLinger ? " linger" : "", shapes & kReoffer ? " reoffer" : "",
+                 shapes & kFork ? " fork" : "");
+  });
+#endif
 
   // The watchdog: a round that does not finish in time means a call hung.
   current_seed = seed;
@@ -1871,8 +2418,10 @@ int main(int argc, char** argv) {
       const Clock::time_point started{Clock::duration(round_started.load())};
       if (Clock::now() - started > kRoundLimit) {
         std::fprintf(stderr,
-                     "HANG: a round did not finish within %llds; rerun with --seed %" PRIu64 "\n",
-                     static_cast<long long>(kRoundLimit.count()), current_seed.load());
+                     "HANG: a round did not finish within %llds; rerun with --seed %" PRIu64
+                     " (shapes:%s)\n",
+                     static_cast<long long>(kRoundLimit.count()), current_seed.load(),
+                     shape_names(current_shapes.load()).c_str());
         std::fflush(stderr);
         std::_Exit(3);
       }
@@ -1899,13 +2448,17 @@ int main(int argc, char** argv) {
               " retry_rounds=%" PRIu64 " context_rounds=%" PRIu64 " retries=%" PRIu64
               " retry_delivered=%" PRIu64 " retry_abandoned=%" PRIu64 " permanent=%" PRIu64
               " byte_rounds=%" PRIu64 " drop_oldest_rounds=%" PRIu64 " evicted=%" PRIu64
-              " too_large=%" PRIu64 " violations=%" PRIu64 "\n",
+              " too_large=%" PRIu64 " exit_rounds=%" PRIu64 " exit_offers=%" PRIu64
+              " second_backends=%" PRIu64 " linger_rounds=%" PRIu64 " reoffer_rounds=%" PRIu64
+              " reoffered=%" PRIu64 " fork_rounds=%" PRIu64 "%s violations=%" PRIu64 "\n",
               seed, std::chrono::duration<double>(Clock::now() - t0).count(), totals.rounds,
               totals.offered, totals.delivered, totals.failed, totals.abandoned, totals.refused,
               totals.faults, totals.big_batch_rounds, totals.fault_rounds, totals.alloc_armed,
               totals.alloc_failed, totals.not_offered, totals.retry_rounds, totals.context_rounds,
               totals.retries, totals.retry_delivered, totals.retry_abandoned, totals.permanent,
               totals.byte_rounds, totals.drop_oldest_rounds, totals.evicted, totals.too_large,
-              totals.violations);
+              totals.exit_rounds, totals.exit_offers, totals.second_backends, totals.linger_rounds,
+              totals.reoffer_rounds, totals.reoffered, totals.fork_rounds,
+              kForkSupported ? "" : " (fork skipped: TSan)", totals.violations);
   return totals.violations == 0 ? 0 : 1;
 }
