@@ -34,24 +34,29 @@ namespace buffered::detail {
 // other stores B then loads A, and at least one of them must see the other's store. With a
 // seq_cst fence between each store and load that holds by the C++ memory model; the producer's
 // side runs once per event, where a fence costs more than the rest of the push. So:
-// - asymmetric_fence_light() (producer): a compiler barrier when the heavy side can use Linux
+// - light() (producer): a compiler barrier. Enough where heavy() uses Linux
 //   membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), which makes every running thread of the
-//   process execute a full barrier before it returns (a thread that is not running has
-//   none of its stores buffered). Otherwise a seq_cst fence.
-// - asymmetric_fence_heavy() (consumer): membarrier, or a seq_cst fence.
+//   process execute a full barrier before it returns (a thread that is not running has none of
+//   its stores buffered).
+// - heavy() (consumer): membarrier, or where the process cannot use it, fallback().
+// - fenced(): the process cannot use membarrier, so a light side must also run fallback()
+//   (a seq_cst fence) before its load. Users keep that off the producer's fast path by making
+//   the value it loads anyway take a slow path in that mode (ShardedQueue's closed_ word, the
+//   Parker's disarmed value), so the fast path is the same in both modes.
 // Either way one side's load sees the other side's store: by the kernel's guarantee (membarrier
 // orders the light side's store before its load, as seen from the heavy side) or by the memory
-// model ([atomics.fences], two seq_cst fences).
+// model ([atomics.order], two seq_cst fences).
 //
-// Memory ordering: prepare_asymmetric_fence() must have returned before any thread that uses
-// the pair runs its light side (the queue's constructor calls it, so every producer of a queue
-// sees the decision through the queue's publication). The decision is made once per process and
-// never changes, so a light side that skipped its fence always pairs with a membarrier.
+// Memory ordering: prepare() must have returned before any thread that uses the pair runs its
+// light side (the queue's constructor calls it, so every producer of a queue sees the decision
+// through the queue's publication). The decision is made once per process and never changes, so
+// a light side that skipped its fence always pairs with a membarrier.
 //
-// Under ThreadSanitizer, which understands neither stand-alone fences nor membarrier, both sides
-// are a seq_cst read-modify-write of one shared word: RMWs of one location are totally ordered and
-// each reads the last, so whichever comes second synchronizes with the first, and TSan checks
-// the protocol built on top (as folly does in its sanitizer builds). Slower, and only there.
+// Under ThreadSanitizer, which understands neither stand-alone fences nor membarrier, the mode
+// is `fenced` and fallback() is a seq_cst read-modify-write of one shared word: RMWs of one
+// location are totally ordered and each reads the last, so whichever comes second synchronizes
+// with the first, and TSan checks the protocol built on top (as folly does in its sanitizer
+// builds). Slower, and only there.
 //
 // Cost here (2-vCPU KVM): membarrier 0.15-0.37 us per call, 7.6 us to register (once).
 class AsymmetricFence {
@@ -60,7 +65,8 @@ class AsymmetricFence {
 
   // Any thread; idempotent; thread-safe. Registers the process for expedited membarrier once
   // (a few microseconds), or settles on fences where the kernel lacks it or refuses it (old
-  // kernel, seccomp). Never throws, never allocates.
+  // kernel, seccomp), under ThreadSanitizer, or with BUFFERED_NO_MEMBARRIER=1 in the
+  // environment. Never throws, never allocates.
   static void prepare() noexcept {
     static const int decided = [] {
       const int mode = probe();
@@ -70,27 +76,32 @@ class AsymmetricFence {
     (void)decided;
   }
 
-  // Producer side: a compiler barrier (a fence where membarrier is not used). Never blocks.
+  // Whether light sides must also run fallback() (only after prepare()).
+  static bool fenced() noexcept { return mode_.load(std::memory_order_acquire) != kMembarrier; }
+
+  // Producer side: a compiler barrier. Never blocks.
   [[gnu::always_inline]] static void light() noexcept {
-#if BUFFERED_TSAN
-    word_.fetch_add(0, std::memory_order_seq_cst);
-#else
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (mode_.load(std::memory_order_relaxed) != kMembarrier) [[unlikely]] {
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-    }
-#endif
   }
 
-  // Consumer side: a process-wide barrier. A system call (where membarrier is used); never
-  // blocks otherwise. Thread-safe.
-  static void heavy() noexcept {
+  // The fence of `fenced` mode, on either side. Never blocks.
+  static void fallback() noexcept {
 #if BUFFERED_TSAN
     word_.fetch_add(0, std::memory_order_seq_cst);
 #else
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (mode_.load(std::memory_order_relaxed) == kMembarrier) membarrier_or_die();
 #endif
+  }
+
+  // Consumer side: a process-wide barrier: a system call where membarrier is used, else
+  // fallback(). Thread-safe; never blocks.
+  static void heavy() noexcept {
+    if (mode_.load(std::memory_order_acquire) == kMembarrier) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      membarrier_or_die();
+    } else {
+      fallback();
+    }
   }
 
   // Which implementation prepare() chose (tests, benchmarks).

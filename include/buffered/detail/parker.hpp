@@ -39,6 +39,18 @@ class Parker {
  public:
   using Clock = std::chrono::steady_clock;
   static constexpr std::uint64_t kDisarmed = ~std::uint64_t{0};
+  // What "disarmed" is in AsymmetricFence's fenced mode: not kDisarmed, so that a producer
+  // leaves its fast path and runs the fallback fence before it looks again. Never a threshold
+  // (those are event counts, at most a batch, so at most 2^40).
+  static constexpr std::uint64_t kDisarmedFenced = kDisarmed - 1;
+
+  Parker() noexcept {
+    AsymmetricFence::prepare();
+    if (AsymmetricFence::fenced()) disarmed_ = kDisarmedFenced;
+    wake_at_.store(disarmed_, std::memory_order_relaxed);
+  }
+  Parker(const Parker&) = delete;
+  Parker& operator=(const Parker&) = delete;
 
   // Consumer. Never blocks (a system call for the fence). `byte_threshold`: also wake once some
   // lane holds that many bytes (sized queues; producers check it with notify_published_sized).
@@ -47,7 +59,7 @@ class Parker {
     wake_at_.store(threshold, std::memory_order_seq_cst);
     AsymmetricFence::heavy();  // before the caller's last look at the lanes
   }
-  void disarm() noexcept { wake_at_.store(kDisarmed, std::memory_order_relaxed); }
+  void disarm() noexcept { wake_at_.store(disarmed_, std::memory_order_relaxed); }
 
   // Producer, after publishing. `queued()` tells how many events its lane holds; it is called
   // only while the consumer is parked. One atomic load unless the consumer must be woken; then
@@ -58,6 +70,7 @@ class Parker {
     std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
     if (wake_at == kDisarmed) [[likely]]
       return;
+    if (wake_at == kDisarmedFenced && (wake_at = load_after_fence()) == kDisarmedFenced) return;
     if (queued() < wake_at) return;
     disarm_and_signal(wake_at);
   }
@@ -68,6 +81,7 @@ class Parker {
     AsymmetricFence::light();
     std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
     if (wake_at == kDisarmed) return;
+    if (wake_at == kDisarmedFenced && (wake_at = load_after_fence()) == kDisarmedFenced) return;
     if (queued() < wake_at && queued_bytes() < wake_bytes_.load(std::memory_order_relaxed)) return;
     disarm_and_signal(wake_at);
   }
@@ -77,7 +91,7 @@ class Parker {
   // atomic load unless it does.
   void notify_full() {
     const std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
-    if (wake_at == kDisarmed) [[likely]]
+    if (wake_at >= kDisarmedFenced) [[likely]]  // disarmed, in either mode
       return;
     disarm_and_signal(wake_at);
   }
@@ -86,7 +100,7 @@ class Parker {
   // computes its thresholds again. Rare (a thread's first push into a queue). Never throws.
   void notify_lanes_changed() noexcept {
     const std::uint64_t wake_at = wake_at_.load(std::memory_order_seq_cst);
-    if (wake_at == kDisarmed) return;
+    if (wake_at == disarmed_) return;
     try {
       disarm_and_signal(wake_at);
     } catch (...) {
@@ -122,11 +136,18 @@ class Parker {
  private:
   // The producer that disarms `wake_at` (still the value it saw) is the one that wakes.
   void disarm_and_signal(std::uint64_t wake_at) {
-    if (wake_at_.compare_exchange_strong(wake_at, kDisarmed, std::memory_order_seq_cst)) signal();
+    if (wake_at_.compare_exchange_strong(wake_at, disarmed_, std::memory_order_seq_cst)) signal();
+  }
+
+  // Fenced mode: the producer's fence, then the threshold again.
+  [[gnu::noinline]] std::uint64_t load_after_fence() const noexcept {
+    AsymmetricFence::fallback();
+    return wake_at_.load(std::memory_order_acquire);
   }
 
   alignas(kCacheLine) std::atomic<std::uint64_t> wake_at_{kDisarmed};
   std::atomic<std::uint64_t> wake_bytes_{kDisarmed};
+  std::uint64_t disarmed_ = kDisarmed;  // kDisarmedFenced in fenced mode; set by the constructor
   alignas(kCacheLine) std::mutex mu_;
   CondVar cv_;
   bool signaled_ = false;

@@ -107,7 +107,8 @@ class SpinLock {
 //   an element happens-before the construction of the next one in its slot.
 // - Closing needs the other side's store to be seen without a fence on the producer's path (a
 //   full fence per event costs more than the rest of the push). A push marks its lane `busy`
-//   before it checks `closed_`, with asymmetric_fence light() between the two, and clears it when
+//   before it checks `closed_`, with AsymmetricFence::light() between the two (and, in fenced
+//   mode, the fallback fence: the kFenceBit in closed_ sends every push there), and clears it when
 //   done (`busy` is on the producer's own line; only drained() reads it from elsewhere). close()
 //   stores `closed_`; the first drained() that sees it issues the heavy fence before it reads
 //   the busy marks. So (asymmetric_fence.hpp) a push either sees `closed_` and refuses, or its
@@ -150,6 +151,7 @@ class ShardedQueue {
         listener_(options.listener),
         position_(initial_position) {
     AsymmetricFence::prepare();  // decided before any producer of this queue pushes
+    if (AsymmetricFence::fenced()) closed_.store(kFenceBit, std::memory_order_relaxed);
     if (capacity == 0 || capacity > (std::size_t{1} << 40)) {
       throw std::invalid_argument("ShardedQueue: capacity must be in [1, 2^40]");
     }
@@ -391,11 +393,10 @@ class ShardedQueue {
 
   // Any thread, idempotent. Refuses every push that starts after it returns; pushes under way
   // may still complete (drained() waits for them).
-  void close() noexcept {
-    bool expected = false;
-    closed_.compare_exchange_strong(expected, true, std::memory_order_seq_cst);
+  void close() noexcept { closed_.fetch_or(kClosedBit, std::memory_order_seq_cst); }
+  bool closed() const noexcept {
+    return (closed_.load(std::memory_order_acquire) & kClosedBit) != 0;
   }
-  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   // Consumer only (one thread at a time; callers serialize). Moves up to `max` elements into
   // `out(T&&)`, visiting the lanes round-robin, and returns how many. Never blocks or allocates
@@ -571,7 +572,7 @@ class ShardedQueue {
   [[gnu::always_inline]] PushResult push(Lane& lane, std::uint64_t bytes, Args&&... args) noexcept {
     lane.busy.store(true, std::memory_order_relaxed);  // see "Memory ordering"
     AsymmetricFence::light();
-    if (closed_.load(std::memory_order_acquire)) [[unlikely]] {
+    if (closed_.load(std::memory_order_acquire) != 0 && closed_after_fence()) [[unlikely]] {
       lane.busy.store(false, std::memory_order_relaxed);
       return PushResult::closed;
     }
@@ -599,6 +600,13 @@ class ShardedQueue {
     lane.published.store(++lane.pushed, std::memory_order_release);
     lane.busy.store(false, std::memory_order_release);
     return PushResult::ok;
+  }
+
+  // The push's look at closed_, when the word is not plain "open": in fenced mode (kFenceBit,
+  // set for the queue's life) the light side's fence comes first.
+  [[gnu::noinline]] bool closed_after_fence() const noexcept {
+    AsymmetricFence::fallback();
+    return (closed_.load(std::memory_order_acquire) & kClosedBit) != 0;
   }
 
   // The first push of a thread, and every push to the shared lane.
@@ -834,7 +842,11 @@ class ShardedQueue {
   std::array<Lane, kLanes> lanes_;
 
   // Read by every push, written once.
-  alignas(kCacheLine) std::atomic<bool> closed_{false};
+  // kClosedBit once closed; kFenceBit for the queue's life when AsymmetricFence::fenced(), so
+  // that every push takes closed_after_fence() and runs the fence the light side needs.
+  static constexpr std::uint8_t kClosedBit = 1;
+  static constexpr std::uint8_t kFenceBit = 2;
+  alignas(kCacheLine) std::atomic<std::uint8_t> closed_{0};
   mutable std::atomic<bool> close_fenced_{false};  // a drained() has fenced since closed_
 
   alignas(kCacheLine) std::atomic<std::int64_t> credits_{0};
