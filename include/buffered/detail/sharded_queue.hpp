@@ -76,9 +76,11 @@ class SpinLock {
 // `chunk()` (one atomic operation per chunk) and spends one per event; the consumer returns them
 // as it takes events. So the queue never holds more than `capacity` events. With one producer
 // thread it refuses exactly when it holds `capacity`; with several, a producer may be refused
-// while other lanes hold up to chunk() - 1 credits each that they have not used yet
-// (chunk() <= capacity / 72, so at most 1/8 of the capacity in all). A thread that ends gives
-// its lane and its unused credits back.
+// while other lanes hold up to chunk() - 1 credits each that they have not used yet: it is
+// refused only once the queue holds capacity - 8 * (chunk() - 1) (chunk() <= capacity / 72, so
+// less than 1/8 of the capacity; exact when chunk() is 1). A lane refused for bytes gives its
+// slots back at once, a refused producer takes back the shared lane's (reclaim()), and a thread
+// that ends gives its lane and its unused credits back.
 //
 // Order. Each lane is FIFO and a thread always writes to the same lane (see ThreadLanes), so
 // the consumer takes each producer thread's events in the order it pushed them. Between lanes
