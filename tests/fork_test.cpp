@@ -148,6 +148,54 @@ StaticBackend& static_backend() {
   return backend;
 }
 
+// In the child the inherited backend is closed: offers are refused (and reported shut_down),
+// flush() and shutdown() return false at once, run() throws. A backend the child makes runs as
+// any other, also while and after the inherited one is destroyed (its threads may reuse the
+// parent threads' descriptors: the inherited handles must not touch them).
+TEST(Fork, AChildRunsABackendOfItsOwnWhileTheInheritedOneIsClosed) {
+  ForkAwareSink sink;
+  std::atomic<std::uint64_t> refused{0};
+  using Backend = buffered::BufferedBackend<Event, ForkAwareSink&>;
+  auto backend = std::make_unique<Backend>(
+      sink, config(true), [&](buffered::ErrorKind kind, std::span<const Event> events) {
+        if (kind == buffered::ErrorKind::shut_down) refused += events.size();
+      });
+  backend->run();
+  for (std::uint64_t i = 0; i < 100; ++i) ASSERT_TRUE(backend->process_event(ev(i)));
+  ASSERT_TRUE(backend->flush());
+  const ChildResult child = run_in_child(kSlack, [&]() -> std::string {
+    if (backend->process_event(ev(1000))) return "an offer to the inherited backend was accepted";
+    if (refused != 1) return "the refused offer was not reported shut_down";
+    if (backend->flush()) return "flush() on the inherited backend returned true";
+    if (backend->shutdown(1s)) return "shutdown() on the inherited backend returned true";
+    try {
+      backend->run();
+      return "run() on the inherited backend did not throw";
+    } catch (const std::logic_error&) {
+    }
+    ForkAwareSink own_sink;
+    Backend own(own_sink, config(true));
+    own.run();
+    for (std::uint64_t i = 0; i < 100; ++i) {
+      if (!own.process_event(ev(i))) return "the child's own backend refused an event";
+    }
+    backend.reset();  // the inherited one, while the child's own threads run
+    for (std::uint64_t i = 100; i < 200; ++i) {
+      if (!own.process_event(ev(i))) return "the child's own backend refused an event";
+    }
+    if (!own.shutdown()) return "the child's own backend did not shut down cleanly";
+    if (own_sink.delivered() != 200) return "the child's own backend lost events";
+    return std::string();
+  });
+  EXPECT_TRUE(child.exited_zero()) << "the child " << child.describe();
+  EXPECT_EQ(delivered_in_child(child), 0u) << "events delivered by the child";
+  for (std::uint64_t i = 100; i < 200; ++i) EXPECT_TRUE(backend->process_event(ev(i)));
+  EXPECT_TRUE(backend->shutdown());
+  EXPECT_EQ(sink.delivered(), 200u);
+  EXPECT_EQ(refused.load(), 0u) << "the parent refused nothing";
+  expect_settled(backend->stats(), 200);
+}
+
 TEST(Fork, AChildThatCallsExitWithAStaticBackendThatRanEnds) {
   StaticBackend& backend = static_backend();
   backend.run();

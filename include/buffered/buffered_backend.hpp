@@ -152,7 +152,9 @@ class BufferedBackend {
                   shutdown_delegate();
                 }) {
     fork_node_.on_child = [](void* self) noexcept {
-      static_cast<BufferedBackend*>(self)->queue_.close();  // refuses offers made in the child
+      auto* backend = static_cast<BufferedBackend*>(self);
+      backend->queue_.close_in_child();  // refuses offers made in the child
+      backend->parker_.disarm_in_child();
     };
     fork_node_.self = this;
     detail::ForkRegistry::add(fork_node_);
@@ -579,7 +581,11 @@ class BufferedBackend {
       detail::PushResult result = detail::PushResult::full;
       const bool evicted = queue_.evict_oldest(lane, bytes, [&, this](Event&& victim) noexcept {
         // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
-        result = push_once(lane, bytes, std::forward<Args>(args)...);
+        try {
+          result = push_once(lane, bytes, std::forward<Args>(args)...);
+        } catch (...) {
+          result = detail::PushResult::ok;  // only the wake-up after a push can throw
+        }
         report_(ErrorKind::evicted, std::span<const Event>(&victim, 1));
       });
       if (evicted) {
@@ -667,9 +673,9 @@ class BufferedBackend {
   std::atomic<std::uint64_t> rejected_too_large_{0};
 
   mutable std::mutex life_mu_;
-  std::condition_variable life_cv_;  // run() callers wait here while another one is starting
-  Start start_ = Start::idle;        // guarded by life_mu_
-  bool shut_ = false;                // guarded by life_mu_: shutdown() was called
+  detail::CondVar life_cv_;    // run() callers wait here while another one is starting
+  Start start_ = Start::idle;  // guarded by life_mu_
+  bool shut_ = false;          // guarded by life_mu_: shutdown() was called
 
   const unsigned generation_ = detail::ForkRegistry::generation();
   detail::ForkRegistry::Node fork_node_;  // linked by the constructor, last

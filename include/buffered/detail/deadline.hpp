@@ -20,13 +20,6 @@ inline std::optional<SteadyClock::time_point> deadline_after(SteadyClock::time_p
   return now + std::chrono::duration_cast<SteadyClock::duration>(timeout);
 }
 
-inline std::optional<SteadyClock::time_point> earlier(std::optional<SteadyClock::time_point> a,
-                                                      std::optional<SteadyClock::time_point> b) {
-  if (!a) return b;
-  if (!b) return a;
-  return std::min(*a, *b);
-}
-
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();

@@ -131,10 +131,17 @@ class CondVar {
 inline void join_or_forget(std::thread& t, unsigned generation) noexcept {
   if (!t.joinable()) return;
   try {
-    if (forked_since(generation)) {
-      t.detach();
-    } else {
+    if (!forked_since(generation)) {
       t.join();
+      return;
+    }
+    // No pthread call on the handle: in the child glibc reuses the parent threads'
+    // descriptors for new threads, so detaching it could detach a live thread of the child.
+    // The handle is kept, never destroyed (a few bytes per inherited thread).
+    if (auto* kept = new (std::nothrow) std::thread) {
+      *kept = std::move(t);
+    } else {
+      t.detach();  // out of memory: the lesser risk
     }
   } catch (...) {
     // Joining the current thread or a dead one: neither happens here; never throw.

@@ -46,6 +46,9 @@ class LaneAnchor {
     queue_ = nullptr;
   }
 
+  // In a forked child, where a parent thread may have held mu_ at the fork: a new, free one.
+  void reset_lock_in_child() noexcept { ::new (&mu_) std::mutex; }
+
   // A registered thread is ending: gives `lane` back unless the queue is gone.
   void release(unsigned lane) noexcept {
     std::lock_guard<std::mutex> lock(mu_);

@@ -18,7 +18,8 @@ namespace buffered::detail {
 // lanes, and parks. A producer, after publishing into its lane, does one load of the threshold;
 // only when its lane holds T or more does it race (CAS) to disarm, and the single winner takes
 // the mutex and notifies. So at most one producer wakes the consumer per park, and none make a
-// syscall while the consumer is awake or waiting for a larger threshold.
+// syscall while the consumer is awake or waiting for a larger threshold (but a thread's first
+// push into a queue, which wakes an armed consumer: notify_lanes_changed).
 //
 // Explicit wake-ups (flush, shutdown, a dispatch slot freed) go through signal().
 //
@@ -62,7 +63,7 @@ class Parker {
   void disarm() noexcept { wake_at_.store(disarmed_, std::memory_order_relaxed); }
 
   // Producer, after publishing. `queued()` tells how many events its lane holds; it is called
-  // only while the consumer is parked. One atomic load unless the consumer must be woken; then
+  // only while the consumer is armed. One atomic load unless the consumer must be woken; then
   // a CAS, a mutex and a notify. Thread-safe.
   template <class Queued>
   void notify_published(Queued queued) {
@@ -70,7 +71,9 @@ class Parker {
     std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
     if (wake_at == kDisarmed) [[likely]]
       return;
-    if (wake_at == kDisarmedFenced && (wake_at = load_after_fence()) == kDisarmedFenced) return;
+    // Fenced mode (never kDisarmed): whatever this first load saw may be stale, a threshold of
+    // an earlier park included, so the value to act on is the one loaded after the fence.
+    if (disarmed_ != kDisarmed && (wake_at = load_after_fence()) == kDisarmedFenced) return;
     if (queued() < wake_at) return;
     disarm_and_signal(wake_at);
   }
@@ -81,7 +84,7 @@ class Parker {
     AsymmetricFence::light();
     std::uint64_t wake_at = wake_at_.load(std::memory_order_acquire);
     if (wake_at == kDisarmed) return;
-    if (wake_at == kDisarmedFenced && (wake_at = load_after_fence()) == kDisarmedFenced) return;
+    if (disarmed_ != kDisarmed && (wake_at = load_after_fence()) == kDisarmedFenced) return;
     if (queued() < wake_at && queued_bytes() < wake_bytes_.load(std::memory_order_relaxed)) return;
     disarm_and_signal(wake_at);
   }
@@ -107,6 +110,9 @@ class Parker {
       // std::mutex::lock failed: the consumer still wakes at its deadline.
     }
   }
+
+  // In a forked child (fork_guard.hpp): no consumer to wake here, so nothing may try to.
+  void disarm_in_child() noexcept { wake_at_.store(disarmed_, std::memory_order_relaxed); }
 
   // Any thread: wake the consumer now (or make its next park return at once). Blocks briefly
   // on the mutex; never allocates.

@@ -226,6 +226,7 @@ class ShardedQueue {
     if (cache.id == anchor_id_) {
       lane = static_cast<Lane*>(cache.lane);
     } else {
+      if (closed()) return PushResult::closed;
       lane = register_thread();
     }
     lane_out = lane;
@@ -391,6 +392,17 @@ class ShardedQueue {
       const std::uint64_t room = lane.byte_room.exchange(0, std::memory_order_acq_rel);
       if (room != 0) byte_credits_.fetch_add(room, std::memory_order_seq_cst);
     }
+  }
+
+  // A forked child (fork_guard.hpp), with one thread: closes the queue and frees the locks a
+  // parent thread may have held at the fork, so that refusing an offer and destroying the
+  // queue never wait for a thread that is not there.
+  void close_in_child() noexcept {
+    close();
+    ::new (&shared_) SpinLock;
+    ::new (&free_lock_) SpinLock;
+    ::new (&head_lock_) SpinLock;
+    anchor_->reset_lock_in_child();
   }
 
   // Any thread, idempotent. Refuses every push that starts after it returns; pushes under way
@@ -614,7 +626,8 @@ class ShardedQueue {
   // The first push of a thread, and every push to the shared lane.
   template <class... Args>
   [[gnu::noinline]] PushResult try_emplace_slow(LaneHandle& lane_out, Args&&... args) noexcept {
-    if (sized_) return PushResult::sized;  // so the fast path needs no test of its own
+    if (sized_) return PushResult::sized;     // so the fast path needs no test of its own
+    if (closed()) return PushResult::closed;  // no lane is taken (or woken for) once closed
     Lane* lane = register_thread();
     lane_out = lane;
     return push_any(*lane, 0, std::forward<Args>(args)...);
@@ -626,6 +639,7 @@ class ShardedQueue {
                                              Args&&... args) noexcept {
     if (&lane != &lanes_[kSharedLane])
       return push<kSized>(lane, bytes, std::forward<Args>(args)...);
+    if (closed()) return PushResult::closed;  // a refusal needs no lock
     shared_.lock();
     const PushResult result = push<kSized>(lane, bytes, std::forward<Args>(args)...);
     shared_.unlock();

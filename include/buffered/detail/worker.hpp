@@ -158,7 +158,7 @@ class Worker {
           continue;
         }
         if (p_.queue.drained()) break;
-        backoff.pause(std::nullopt);  // a push under way, or too soon after close()
+        backoff.pause(std::nullopt);  // a push under way
       }
     }
     p_.completion.notify();
@@ -230,7 +230,7 @@ class Worker {
       }
       if (batch.empty() && stop) {
         if (p_.queue.drained()) break;
-        backoff.pause(p_.stop.deadline());  // a push under way, or too soon after close()
+        backoff.pause(p_.stop.deadline());  // a push under way
         continue;
       }
       std::optional<Clock::time_point> wake_by;
