@@ -75,6 +75,12 @@ run "mutant parker/NO_REGISTRATION_WAKE" parker 'assertion violated.*stuck_full'
   "-DMUTANT_NO_REGISTRATION_WAKE" "$safety" ""
 run "mutant parker/NO_HEAVY_FENCE" parker 'assertion violated.*lost_wakeup' \
   "-DMUTANT_NO_HEAVY_FENCE" "$safety" ""
+live="-DNFAIR=3 -DCOLLAPSE"
+run "model parker/LIVE (<> dispatched)" parker ok "-DLIVE" "$live" "-a -f"
+run "mutant parker/NO_REGISTRATION_WAKE (LIVE)" parker 'acceptance cycle' \
+  "-DLIVE -DMUTANT_NO_REGISTRATION_WAKE" "$live" "-a -f"
+run "mutant parker/NO_HEAVY_FENCE (LIVE)" parker 'acceptance cycle' \
+  "-DLIVE -DMUTANT_NO_HEAVY_FENCE" "$live" "-a -f"
 
 run "model flush_epochs" flush_epochs ok "" "$safety" ""
 run "model flush_epochs/LIVE" flush_epochs ok "-DLIVE" "-DNFAIR=3" "-a -f"
