@@ -20,25 +20,8 @@ namespace {
 using namespace buffered_test;
 using buffered::ErrorKind;
 
-// A delegate that records each batch as its call begins, then waits for the gate.
-class HeldSink {
- public:
-  void process_events(std::span<Item> batch) {
-    record_.process_events(batch);
-    gate_.wait();
-  }
-  void open() { gate_.open(); }
-  const RecordingSink<Item>& record() const { return record_; }
-
- private:
-  RecordingSink<Item> record_;
-  Gate gate_;
-};
-
-struct OpenAtExit {
-  HeldSink& sink;
-  ~OpenAtExit() { sink.open(); }
-};
+using HeldSink = GatedItemSink;
+using OpenAtExit = OpenGateAtExit<HeldSink>;
 
 using Backend = buffered::BufferedBackend<Item, HeldSink&>;
 

@@ -74,28 +74,8 @@ class Reports {
   std::vector<Entry> entries_;
 };
 
-// A delegate that records each batch as its call begins, then waits for the gate.
-class HeldSink {
- public:
-  void process_events(std::span<Item> batch) {
-    record_.process_events(batch);
-    gate_.wait();
-  }
-  void open() { gate_.open(); }
-  std::size_t calls() const { return record_.batch_count(); }
-  const RecordingSink<Item>& record() const { return record_; }
-
- private:
-  RecordingSink<Item> record_;
-  Gate gate_;
-};
-
-// Opens the sink's gate when it goes out of scope: a failed assertion must not leave the
-// backend's destructor (or a thread the test waits for) stuck behind the delegate.
-struct OpenAtExit {
-  HeldSink& sink;
-  ~OpenAtExit() { sink.open(); }
-};
+using HeldSink = GatedItemSink;
+using OpenAtExit = OpenGateAtExit<HeldSink>;
 
 buffered::BatchConfig dropping(std::size_t buffer_size, std::size_t max_buffer_bytes = 0) {
   buffered::BatchConfig c;

@@ -273,4 +273,29 @@ inline void expect_accounting(const buffered::Stats& s, std::uint64_t offered) {
   EXPECT_EQ(s.in_flight, 0u);
 }
 
+// A delegate that records each batch as its call begins, then waits for the gate (what is
+// offered meanwhile stays queued behind the held call).
+class GatedItemSink {
+ public:
+  void process_events(std::span<Item> batch) {
+    record_.process_events(batch);
+    gate_.wait();
+  }
+  void open() { gate_.open(); }
+  std::size_t calls() const { return record_.batch_count(); }
+  const RecordingSink<Item>& record() const { return record_; }
+
+ private:
+  RecordingSink<Item> record_;
+  Gate gate_;
+};
+
+// Opens a sink's gate when it goes out of scope: a failed assertion must not leave the
+// backend's destructor (or a thread the test waits for) stuck behind the delegate.
+template <class Sink>
+struct OpenGateAtExit {
+  Sink& sink;
+  ~OpenGateAtExit() { sink.open(); }
+};
+
 }  // namespace buffered_test

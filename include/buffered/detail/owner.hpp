@@ -8,35 +8,34 @@ namespace buffered::detail {
 // must finish, and a blocking offer cannot wait for space that only this thread would free.
 inline thread_local const void* current_owner = nullptr;
 
-class OwnerScope {
- public:
-  explicit OwnerScope(const void* owner) noexcept : previous_(current_owner) {
-    current_owner = owner;
-  }
-  ~OwnerScope() { current_owner = previous_; }
-  OwnerScope(const OwnerScope&) = delete;
-  OwnerScope& operator=(const OwnerScope&) = delete;
-
- private:
-  const void* previous_;
-};
-
 // The backend whose drop_oldest offer the current thread is making, if any. An offer made from
 // the error handler while it reports an eviction of that backend does not evict in turn: it would
 // take the space the outer offer freed, and each would evict again without end.
 inline thread_local const void* current_evictor = nullptr;
 
-class EvictorScope {
+// Sets one of those marks for a scope and restores what it was (scopes nest).
+class ThreadMark {
  public:
-  explicit EvictorScope(const void* backend) noexcept : previous_(current_evictor) {
-    current_evictor = backend;
+  ThreadMark(const void*& mark, const void* backend) noexcept : mark_(mark), previous_(mark) {
+    mark_ = backend;
   }
-  ~EvictorScope() { current_evictor = previous_; }
-  EvictorScope(const EvictorScope&) = delete;
-  EvictorScope& operator=(const EvictorScope&) = delete;
+  ~ThreadMark() { mark_ = previous_; }
+  ThreadMark(const ThreadMark&) = delete;
+  ThreadMark& operator=(const ThreadMark&) = delete;
 
  private:
+  const void*& mark_;  // this thread's own
   const void* previous_;
+};
+
+class OwnerScope : public ThreadMark {
+ public:
+  explicit OwnerScope(const void* owner) noexcept : ThreadMark(current_owner, owner) {}
+};
+
+class EvictorScope : public ThreadMark {
+ public:
+  explicit EvictorScope(const void* backend) noexcept : ThreadMark(current_evictor, backend) {}
 };
 
 }  // namespace buffered::detail
