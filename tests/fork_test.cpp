@@ -153,6 +153,9 @@ StaticBackend& static_backend() {
 // any other, also while and after the inherited one is destroyed (its threads may reuse the
 // parent threads' descriptors: the inherited handles must not touch them).
 TEST(Fork, AChildRunsABackendOfItsOwnWhileTheInheritedOneIsClosed) {
+#if BUFFERED_TSAN
+  GTEST_SKIP() << "ThreadSanitizer cannot start threads in a child of a multi-threaded process";
+#endif
   ForkAwareSink sink;
   std::atomic<std::uint64_t> refused{0};
   using Backend = buffered::BufferedBackend<Event, ForkAwareSink&>;
