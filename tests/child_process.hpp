@@ -67,6 +67,12 @@ inline void write_to_parent(const std::string& text) {
   }
 }
 
+// True in a child made by run_in_child (the leak check is off there: see fork_test.cpp).
+inline bool& in_forked_child() {
+  static bool forked = false;
+  return forked;
+}
+
 // Forks; the child runs `body()` (returning what to tell the parent: "" when all went well),
 // writes its result to the pipe and ends with _exit: 0 if the result is empty, 1 if not, 2 if
 // `body` threw. The body may also end the process itself (exit(), _exit()). The parent waits
@@ -94,6 +100,7 @@ ChildResult run_in_child(Clock::duration limit, Body body) {
     return result;
   }
   if (pid == 0) {
+    in_forked_child() = true;
     ::close(fds[0]);
     child_output_fd() = fds[1];
     int code = 0;

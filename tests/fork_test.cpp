@@ -17,6 +17,17 @@
 #include <unistd.h>
 
 #include "child_process.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define BUFFERED_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BUFFERED_TEST_ASAN 1
+#endif
+#endif
+#ifndef BUFFERED_TEST_ASAN
+#define BUFFERED_TEST_ASAN 0
+#endif
 #include "support.hpp"
 
 namespace {
@@ -156,6 +167,11 @@ TEST(Fork, AChildRunsABackendOfItsOwnWhileTheInheritedOneIsClosed) {
 #if BUFFERED_TSAN
   GTEST_SKIP() << "ThreadSanitizer cannot start threads in a child of a multi-threaded process";
 #endif
+#if BUFFERED_TEST_ASAN
+  // GCC 12's AddressSanitizer does not lock its allocator around fork(): a child that allocates
+  // may wait for ever on a lock a parent thread held (seen once under load in CI).
+  GTEST_SKIP() << "AddressSanitizer's allocator is not fork-safe in a multi-threaded process";
+#endif
   ForkAwareSink sink;
   std::atomic<std::uint64_t> refused{0};
   using Backend = buffered::BufferedBackend<Event, ForkAwareSink&>;
@@ -220,3 +236,10 @@ TEST(Fork, AChildThatCallsExitWithAStaticBackendThatRanEnds) {
 }
 
 }  // namespace
+
+// LeakSanitizer: a forked child exits with the parent's threads gone, so what only they
+// referenced (a worker's batch) looks leaked, and so do the thread handles the library keeps
+// there on purpose. No leak check in a child.
+#if BUFFERED_TEST_ASAN
+extern "C" int __lsan_is_turned_off() { return buffered_test::in_forked_child() ? 1 : 0; }
+#endif
