@@ -1849,8 +1849,10 @@ class Round {
                     " bytes (bounds " + std::to_string(c.max_buffer_bytes) + " / " +
                     std::to_string(c.max_batch_bytes) + ") refused buffer_full, not too_large");
         }
-        // With one producer thread drop_oldest evicts instead of refusing.
-        if (drop_oldest && one_thread && kind == "buffer_full") {
+        // With one producer thread drop_oldest evicts instead of refusing; but an offer made by
+        // the handler while it reports an eviction does not evict (so every offer does bounded
+        // work): a re-offer may be refused.
+        if (drop_oldest && one_thread && kind == "buffer_full" && offer_of(id) == 0) {
           violation("drop_oldest, one producer: id " + std::to_string(id) + " refused buffer_full");
         }
       }
