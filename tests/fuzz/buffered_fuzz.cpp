@@ -883,9 +883,11 @@ int run_input(Reader& in, const Input& input) {
       require(!oversized(head) || kind == Refusal::too_large ||
                   (kind == Refusal::shut_down && shut_down_called),
               "an event larger than a byte bound was not refused too_large");
-      // A re-offer made while an eviction is reported does not evict: it may be refused.
+      // A re-offer made while an eviction is reported does not evict, and may take what an
+      // eviction freed for a later one (whose budget then ends it): with a re-offering handler
+      // either may be refused.
       require(kind != Refusal::buffer_full || c.overflow != buffered::OverflowPolicy::drop_oldest ||
-                  reoffered_off_thread.load() || generation[id].load() != 0,
+                  reoffered_off_thread.load() || reoffer_mode.load() != 0,
               "drop_oldest with one producer refused buffer_full");
     }
     n_delivered += end == End::delivered ? 1 : 0;

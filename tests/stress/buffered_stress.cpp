@@ -1851,8 +1851,9 @@ class Round {
         }
         // With one producer thread drop_oldest evicts instead of refusing; but an offer made by
         // the handler while it reports an eviction does not evict (so every offer does bounded
-        // work): a re-offer may be refused.
-        if (drop_oldest && one_thread && kind == "buffer_full" && offer_of(id) == 0) {
+        // work), and may take what an eviction freed for a later one (its budget then ends the
+        // offer): with a re-offering handler either may be refused.
+        if (drop_oldest && one_thread && !reoffer_round && kind == "buffer_full") {
           violation("drop_oldest, one producer: id " + std::to_string(id) + " refused buffer_full");
         }
       }
