@@ -40,11 +40,11 @@ class StalledProducer : public ::testing::Test {
     g_stall_at = 10;
     g_stalled = false;
     g_release = false;
-    hooks::after_claim = &stall_hook;
+    hooks::before_publish = &stall_hook;
   }
   void TearDown() override {
     g_release = true;
-    hooks::after_claim = nullptr;
+    hooks::before_publish = nullptr;
   }
 };
 

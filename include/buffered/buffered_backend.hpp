@@ -109,8 +109,6 @@ class BufferedBackend {
       "or be callable with std::span<Event> (either optionally with a const BatchContext& "
       "second parameter), returning void, buffered::Outcome or something convertible to bool");
 
-  using Clock = std::chrono::steady_clock;
-
  public:
   using event_type = Event;
   using delegate_type = Delegate;
@@ -277,7 +275,7 @@ class BufferedBackend {
   // never allocates; exceptions from delegate.flush() propagate.
   bool flush(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
     if (inherited()) return false;
-    const auto deadline = detail::deadline_after(Clock::now(), timeout);
+    const auto deadline = detail::deadline_after(detail::SteadyClock::now(), timeout);
     if (!started() || completion_.complete() || stop_.past_deadline()) {
       return queue_.size() == 0 && completion_.flushed(offset(queue_.position())) &&
              queue_.evictions_reported();
@@ -316,7 +314,7 @@ class BufferedBackend {
   // constructor reserved); blocks as described.
   bool shutdown(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) noexcept {
     if (inherited()) return false;  // a forked child: nothing of this backend runs here
-    const auto deadline = detail::deadline_after(Clock::now(), timeout);
+    const auto deadline = detail::deadline_after(detail::SteadyClock::now(), timeout);
     bool abandon_here = false;
     {
       std::lock_guard<std::mutex> lock(life_mu_);
@@ -414,7 +412,7 @@ class BufferedBackend {
       }
       if (c.throttle->burst == 0)
         throw invalid_argument("BatchConfig::throttle.burst must be at least 1");
-      if (c.throttle->burst > TokenBucket<Clock>::kMaxBurst)
+      if (c.throttle->burst > TokenBucket<detail::SteadyClock>::kMaxBurst)
         throw invalid_argument("BatchConfig::throttle.burst must be at most 2^53");
     }
     if (c.retry) {
@@ -453,9 +451,9 @@ class BufferedBackend {
     return m;
   }
 
-  static std::unique_ptr<TokenBucket<Clock>> make_bucket(const BatchConfig& c) {
+  static std::unique_ptr<TokenBucket<detail::SteadyClock>> make_bucket(const BatchConfig& c) {
     if (!c.throttle) return nullptr;
-    return std::make_unique<TokenBucket<Clock>>(c.throttle->qps, c.throttle->burst);
+    return std::make_unique<TokenBucket<detail::SteadyClock>>(c.throttle->qps, c.throttle->burst);
   }
 
   std::uint64_t offset(std::uint64_t position) const noexcept { return worker_.offset(position); }
@@ -604,7 +602,7 @@ class BufferedBackend {
 
   template <class... Args>
   detail::PushResult offer_blocking(std::uint64_t bytes, Args&&... args) {
-    const auto deadline = detail::deadline_after(Clock::now(), config_.block_timeout);
+    const auto deadline = detail::deadline_after(detail::SteadyClock::now(), config_.block_timeout);
     for (;;) {
       // Every byte reserve comes with a push, so the worker notifies after it; reclaiming on
       // each check means an idle thread's reserve never keeps this event out.
@@ -620,7 +618,7 @@ class BufferedBackend {
       if (result == detail::PushResult::ok) return result;
       if (result == detail::PushResult::closed) return result;
       parker_.notify_full();
-      if (!ready && deadline && Clock::now() >= *deadline) return result;
+      if (!ready && deadline && detail::SteadyClock::now() >= *deadline) return result;
     }
   }
 
@@ -662,7 +660,7 @@ class BufferedBackend {
   detail::Completion completion_;
   detail::StopState stop_;
   detail::Counters counters_;
-  const std::unique_ptr<TokenBucket<Clock>> bucket_;
+  const std::unique_ptr<TokenBucket<detail::SteadyClock>> bucket_;
   detail::Delivery<Event, DelegateType> delivery_;
   detail::FlushGate flush_gate_;
   detail::Worker<Event, DelegateType> worker_;

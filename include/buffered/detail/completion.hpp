@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "deadline.hpp"
 #include "fork_guard.hpp"
 
 namespace buffered::detail {
@@ -23,7 +24,6 @@ namespace buffered::detail {
 // allocates after construction (the in-flight list is reserved).
 class Completion {
  public:
-  using Clock = std::chrono::steady_clock;
   static constexpr std::uint64_t kNone = std::numeric_limits<std::uint64_t>::max();
 
   enum class FlushResult { done, abandoned, timed_out };
@@ -31,7 +31,7 @@ class Completion {
   explicit Completion(std::size_t max_in_flight) { in_flight_.reserve(max_in_flight); }
 
   // The worker finished a batch itself (sync, or abandoned); its next batch starts at `next`.
-  void batch_done(std::uint64_t next) {
+  void worker_done(std::uint64_t next) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       in_hand_ = next;
@@ -40,7 +40,7 @@ class Completion {
   }
 
   // The worker handed [first, next) to the pool.
-  void batch_submitted(std::uint64_t first, std::uint64_t next) {
+  void dispatched(std::uint64_t first, std::uint64_t next) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       in_flight_.push_back(first);
@@ -50,7 +50,7 @@ class Completion {
   }
 
   // A pool thread finished the batch that started at `first`.
-  void batch_finished(std::uint64_t first) {
+  void dispatch_done(std::uint64_t first) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       const auto it = std::find(in_flight_.begin(), in_flight_.end(), first);
@@ -95,7 +95,7 @@ class Completion {
   // (checked whenever waiters are woken) or at the deadline.
   template <class Stop>
   std::optional<std::uint64_t> wait_flush_target(std::uint64_t request,
-                                                 std::optional<Clock::time_point> deadline,
+                                                 std::optional<SteadyClock::time_point> deadline,
                                                  Stop stop) {
     std::unique_lock<std::mutex> lock(mu_);
     const auto settled = [&] { return served_ >= request || complete_ || stop(); };
@@ -130,7 +130,7 @@ class Completion {
   // Blocks until every event below `target` is done, or one of them was abandoned, or `stop()`
   // holds (checked whenever waiters are woken), or the deadline.
   template <class Stop>
-  FlushResult wait_flushed(std::uint64_t target, std::optional<Clock::time_point> deadline,
+  FlushResult wait_flushed(std::uint64_t target, std::optional<SteadyClock::time_point> deadline,
                            Stop stop) {
     std::unique_lock<std::mutex> lock(mu_);
     const auto settled = [&] {
@@ -147,7 +147,7 @@ class Completion {
 
   // Blocks until mark_complete() or `also()` (checked whenever waiters are woken) or deadline.
   template <class Also>
-  bool wait_complete(std::optional<Clock::time_point> deadline, Also also) {
+  bool wait_complete(std::optional<SteadyClock::time_point> deadline, Also also) {
     std::unique_lock<std::mutex> lock(mu_);
     const auto settled = [&] { return complete_ || also(); };
     if (deadline) return cv_.wait_until(lock, *deadline, settled);

@@ -19,7 +19,7 @@ struct alignas(kCacheLine) Counters {
   std::atomic<std::uint64_t> batches{0};
   std::atomic<std::uint64_t> retries{0};
   std::atomic<std::size_t> in_flight{0};
-  std::atomic<std::size_t> pending{0};  // taken from the ring, not yet settled
+  std::atomic<std::size_t> pending{0};  // taken from the buffer, not yet settled
   // Batches handed to Delivery but not in a delegate call: queued for a dispatch thread, or
   // waiting for a retry's backoff or token. Past a stop deadline they are abandoned promptly.
   std::atomic<std::size_t> waiting{0};

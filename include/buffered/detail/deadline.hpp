@@ -1,10 +1,8 @@
-// Turning a timeout into a deadline without overflow, and waiting on a stalled slot politely.
+// The clock every wait uses, and turning a timeout into a deadline without overflow.
 #pragma once
 
-#include <algorithm>
 #include <chrono>
 #include <optional>
-#include <thread>
 
 namespace buffered::detail {
 
@@ -19,54 +17,5 @@ inline std::optional<SteadyClock::time_point> deadline_after(SteadyClock::time_p
   if (timeout >= room) return std::nullopt;
   return now + std::chrono::duration_cast<SteadyClock::duration>(timeout);
 }
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
-// Waiting for a producer that claimed a slot but has not published it yet (it is usually a few
-// instructions away; it may also have been pre-empted). Spins briefly, then yields, then sleeps
-// with a growing interval (capped at 1 ms), never past `deadline`. So a stalled producer costs
-// the waiting thread almost no CPU.
-class Backoff {
- public:
-  void pause(std::optional<SteadyClock::time_point> deadline) {
-    if (spins_ < kSpins) {
-      ++spins_;
-      cpu_relax();
-      return;
-    }
-    if (yields_ < kYields) {
-      ++yields_;
-      std::this_thread::yield();
-      return;
-    }
-    auto nap = sleep_;
-    if (deadline) {
-      const auto now = SteadyClock::now();
-      if (now >= *deadline) return;
-      nap = std::min<SteadyClock::duration>(nap, *deadline - now);
-    }
-    std::this_thread::sleep_for(nap);
-    sleep_ = std::min<SteadyClock::duration>(sleep_ * 2, std::chrono::milliseconds(1));
-  }
-
-  void reset() noexcept {
-    spins_ = 0;
-    yields_ = 0;
-    sleep_ = std::chrono::microseconds(20);
-  }
-
- private:
-  static constexpr int kSpins = 128;
-  static constexpr int kYields = 16;
-  int spins_ = 0;
-  int yields_ = 0;
-  SteadyClock::duration sleep_ = std::chrono::microseconds(20);
-};
 
 }  // namespace buffered::detail

@@ -40,11 +40,10 @@ namespace buffered::detail {
 template <class Event, class Delegate>
 class Delivery {
  public:
-  using Clock = std::chrono::steady_clock;
   enum class Settled { delivered, failed, abandoned };
 
   Delivery(Delegate& delegate, const Reporter<Event>& report, Counters& counters, StopState& stop,
-           TokenBucket<Clock>* bucket, std::optional<Retry> retry, const void* owner)
+           TokenBucket<SteadyClock>* bucket, std::optional<Retry> retry, const void* owner)
       : delegate_(delegate),
         report_(report),
         counters_(counters),
@@ -53,7 +52,7 @@ class Delivery {
         retry_(retry),
         owner_(owner),
         rng_(reinterpret_cast<std::uintptr_t>(this) ^
-             static_cast<std::uint64_t>(Clock::now().time_since_epoch().count())) {}
+             static_cast<std::uint64_t>(SteadyClock::now().time_since_epoch().count())) {}
 
   // Takes a throttle token (at once without a throttle), sleeping until one is due, but never
   // past the stop deadline: false then.
@@ -61,8 +60,8 @@ class Delivery {
     if (bucket_ == nullptr) return true;
     for (;;) {
       const auto wait = bucket_->try_accept_or_wait();
-      if (wait == Clock::duration::zero()) return true;
-      if (!stop_.sleep_until(Clock::now() + wait)) return false;
+      if (wait == SteadyClock::duration::zero()) return true;
+      if (!stop_.sleep_until(SteadyClock::now() + wait)) return false;
     }
   }
 
@@ -106,7 +105,8 @@ class Delivery {
       }
       // Still counted in `waiting`, so a shutdown past its deadline waits for this batch to be
       // settled (it is, promptly: the deadline cuts the wait short) before it returns.
-      const auto until = deadline_after(Clock::now(), wait).value_or(Clock::time_point::max());
+      const auto until =
+          deadline_after(SteadyClock::now(), wait).value_or(SteadyClock::time_point::max());
       if (!stop_.sleep_until(until) || !take_token()) return give_up(events);
     }
   }
@@ -176,7 +176,7 @@ class Delivery {
   const Reporter<Event>& report_;
   Counters& counters_;
   StopState& stop_;
-  TokenBucket<Clock>* const bucket_;
+  TokenBucket<SteadyClock>* const bucket_;
   const std::optional<Retry> retry_;
   const void* const owner_;
   std::atomic<std::uint64_t> rng_;

@@ -10,6 +10,7 @@
 
 #include "asymmetric_fence.hpp"
 #include "cache_line.hpp"
+#include "deadline.hpp"
 #include "fork_guard.hpp"
 
 namespace buffered::detail {
@@ -38,7 +39,6 @@ namespace buffered::detail {
 // counted itself), so a batch filled across lanes that registered during a park still wakes it.
 class Parker {
  public:
-  using Clock = std::chrono::steady_clock;
   static constexpr std::uint64_t kDisarmed = ~std::uint64_t{0};
   // What "disarmed" is in AsymmetricFence's fenced mode: not kDisarmed, so that a producer
   // leaves its fast path and runs the fallback fence before it looks again. Never a threshold
@@ -127,7 +127,7 @@ class Parker {
   // Consumer. Blocks until signalled (by a producer reaching the armed threshold or by
   // signal()) or until `deadline`; returns whether it was signalled. Spurious returns are
   // possible; callers re-check.
-  bool park(std::optional<Clock::time_point> deadline) {
+  bool park(std::optional<SteadyClock::time_point> deadline) {
     std::unique_lock<std::mutex> lock(mu_);
     if (deadline) {
       cv_.wait_until(lock, *deadline, [this] { return signaled_; });
@@ -168,11 +168,9 @@ class Parker {
 // producer's final check is made under the mutex the consumer takes before notifying.
 class SpaceWaiters {
  public:
-  using Clock = std::chrono::steady_clock;
-
   // Producer. Blocks until `ready()` or `deadline`; returns ready(). Thread-safe.
   template <class Ready>
-  bool wait(Ready ready, std::optional<Clock::time_point> deadline) {
+  bool wait(Ready ready, std::optional<SteadyClock::time_point> deadline) {
     waiting_.fetch_add(1, std::memory_order_seq_cst);
     bool ok = true;
     {

@@ -21,6 +21,7 @@
 #include "cache_line.hpp"
 #include "deadline.hpp"
 #include "lane_registry.hpp"
+#include "spin_wait.hpp"
 #include "test_hooks.hpp"
 
 namespace buffered::detail {
@@ -295,23 +296,23 @@ class ShardedQueue {
     if (!evicting_) return true;
     // A flag rather than std::timed_mutex: ThreadSanitizer does not see libstdc++'s
     // pthread_mutex_clocklock. Callers are few (flushes), so polling is fine.
-    Backoff backoff;
+    SpinWait spin;
     while (epoch_busy_.exchange(true, std::memory_order_acquire)) {
       if (deadline && SteadyClock::now() >= *deadline) return false;
-      backoff.pause(deadline);
+      spin.pause(deadline);
     }
     struct Release {
       std::atomic<bool>& busy;
       ~Release() { busy.store(false, std::memory_order_release); }
     } release{epoch_busy_};
-    backoff.reset();
+    spin.reset();
     // Evictions count in epoch_ while they report. First the other epoch must be empty (it
     // is, unless a caller before us gave up at its deadline; none enter it meanwhile), then
     // flip, so that every eviction already under way is in `old`, and wait for that.
     const auto drained = [&](unsigned epoch) {
       while (reporting_[epoch].load(std::memory_order_acquire) != 0) {
         if (deadline && SteadyClock::now() >= *deadline) return false;
-        backoff.pause(deadline);
+        spin.pause(deadline);
       }
       return true;
     };
@@ -601,7 +602,7 @@ class ShardedQueue {
         return PushResult::full;
       }
     }
-    test_hooks::on_claimed(lane.pushed);
+    test_hooks::on_before_publish(lane.pushed);
     T* const at = lane.tail;
     ::new (static_cast<void*>(at)) T(std::forward<Args>(args)...);
     lane.tail = at + 1;

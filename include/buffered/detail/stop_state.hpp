@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 
+#include "deadline.hpp"
 #include "fork_guard.hpp"
 
 namespace buffered::detail {
@@ -24,15 +25,14 @@ namespace buffered::detail {
 // Thread-safe; never allocates.
 class StopState {
  public:
-  using Clock = std::chrono::steady_clock;
-  static constexpr Clock::rep kNoDeadline = std::numeric_limits<Clock::rep>::max();
+  static constexpr SteadyClock::rep kNoDeadline = std::numeric_limits<SteadyClock::rep>::max();
 
   // Asks for a stop; `deadline` (nullopt: none) applies if earlier than one already given.
-  void request(std::optional<Clock::time_point> deadline) {
+  void request(std::optional<SteadyClock::time_point> deadline) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (deadline) {
-        const Clock::rep rep = deadline->time_since_epoch().count();
+        const SteadyClock::rep rep = deadline->time_since_epoch().count();
         if (rep < deadline_.load(std::memory_order_relaxed)) {
           deadline_.store(rep, std::memory_order_release);
         }
@@ -45,32 +45,32 @@ class StopState {
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
   // The earliest deadline any request() gave, if any.
-  std::optional<Clock::time_point> deadline() const noexcept {
-    const Clock::rep rep = deadline_.load(std::memory_order_acquire);
+  std::optional<SteadyClock::time_point> deadline() const noexcept {
+    const SteadyClock::rep rep = deadline_.load(std::memory_order_acquire);
     if (rep == kNoDeadline) return std::nullopt;
-    return Clock::time_point(Clock::duration(rep));
+    return SteadyClock::time_point(SteadyClock::duration(rep));
   }
 
   // A stop was requested and its deadline has passed: give up on what is not done.
   bool past_deadline() const noexcept {
-    const Clock::rep rep = deadline_.load(std::memory_order_acquire);
-    return rep != kNoDeadline && stopping() && Clock::now().time_since_epoch().count() >= rep;
+    const SteadyClock::rep rep = deadline_.load(std::memory_order_acquire);
+    return rep != kNoDeadline && stopping() && SteadyClock::now().time_since_epoch().count() >= rep;
   }
 
   // For BatchContext::deadline(): kNoDeadline or a steady_clock count.
-  const std::atomic<Clock::rep>& deadline_rep() const noexcept { return deadline_; }
+  const std::atomic<SteadyClock::rep>& deadline_rep() const noexcept { return deadline_; }
 
   // Sleeps until `until`; returns true then, or false as soon as the stop deadline has passed
   // (at once if it already has). Blocks; never allocates.
-  bool sleep_until(Clock::time_point until) {
+  bool sleep_until(SteadyClock::time_point until) {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       if (past_deadline()) return false;
-      const auto now = Clock::now();
+      const auto now = SteadyClock::now();
       if (now >= until) return true;
       const auto stop_at = deadline();
       const auto wake = stop_at && *stop_at < until ? *stop_at : until;
-      if (wake == Clock::time_point::max()) {
+      if (wake == SteadyClock::time_point::max()) {
         cv_.wait(lock);  // "forever": until a request() brings a deadline
       } else {
         cv_.wait_until(lock, wake);
@@ -80,7 +80,7 @@ class StopState {
 
  private:
   std::atomic<bool> stopping_{false};
-  std::atomic<Clock::rep> deadline_{kNoDeadline};
+  std::atomic<SteadyClock::rep> deadline_{kNoDeadline};
   std::mutex mu_;
   CondVar cv_;
 };

@@ -26,6 +26,7 @@
 #include "parker.hpp"
 #include "reporter.hpp"
 #include "sharded_queue.hpp"
+#include "spin_wait.hpp"
 #include "stop_state.hpp"
 
 namespace buffered::detail {
@@ -54,7 +55,6 @@ namespace buffered::detail {
 template <class Event, class Delegate>
 class Worker {
  public:
-  using Clock = std::chrono::steady_clock;
   using Batch = std::vector<Event>;
 
   // What the worker works with; all owned by the backend and outliving the worker.
@@ -86,7 +86,7 @@ class Worker {
           async_threads, max_batch_,
           [this](Batch& batch, std::uint64_t first) {
             settle(p_.delivery.deliver(batch), first);
-            p_.completion.batch_finished(offset(first));
+            p_.completion.dispatch_done(offset(first));
           },
           [this] { p_.parker.signal(); });
     } else {
@@ -138,7 +138,7 @@ class Worker {
     {
       std::lock_guard<std::mutex> lock(consumer_mu_);
       Batch& chunk = abandon_chunk_;
-      Backoff backoff;
+      SpinWait spin;
       bool marked = false;
       for (;;) {
         const std::uint64_t first = p_.queue.position();
@@ -154,11 +154,11 @@ class Worker {
           chunk.clear();
         }
         if (n != 0) {
-          backoff.reset();
+          spin.reset();
           continue;
         }
         if (p_.queue.drained()) break;
-        backoff.pause(std::nullopt);  // a push under way
+        spin.pause(std::nullopt);  // a push under way
       }
     }
     p_.completion.notify();
@@ -176,8 +176,8 @@ class Worker {
     const OwnerScope scope(owner_);
     Batch batch = pool_ ? pool_->take_buffer() : std::move(sync_batch_);
     std::uint64_t first = 0;  // consumer position of batch.front()
-    Clock::time_point linger_deadline{};
-    Backoff backoff;
+    SteadyClock::time_point linger_deadline{};
+    SpinWait spin;
     typename ShardedQueue<Event>::Snapshot sweep{};  // what a flush waits for, per lane
     std::uint64_t sweeping = 0;                      // the flush request being served, or 0
     std::uint64_t served = 0;
@@ -202,10 +202,10 @@ class Worker {
           p_.space.notify_if_waiting();
         }
       }
-      if (taken != 0) backoff.reset();
+      if (taken != 0) spin.reset();
       if (was_empty && !batch.empty()) {
-        linger_deadline =
-            deadline_after(Clock::now(), max_batch_wait_).value_or(Clock::time_point::max());
+        linger_deadline = deadline_after(SteadyClock::now(), max_batch_wait_)
+                              .value_or(SteadyClock::time_point::max());
       }
       const bool stop = p_.stop.stopping();
       if (stop && p_.stop.past_deadline()) {
@@ -224,16 +224,16 @@ class Worker {
       }
       const bool bytes_full = budget.stopped || (max_batch_bytes_ != 0 && budget.left == 0);
       if (batch.size() >= max_batch_ || (bytes_full && !batch.empty()) ||
-          (!batch.empty() && (stop || Clock::now() >= linger_deadline))) {
+          (!batch.empty() && (stop || SteadyClock::now() >= linger_deadline))) {
         dispatch(batch, first);
         continue;
       }
       if (batch.empty() && stop) {
         if (p_.queue.drained()) break;
-        backoff.pause(p_.stop.deadline());  // a push under way
+        spin.pause(p_.stop.deadline());  // a push under way
         continue;
       }
-      std::optional<Clock::time_point> wake_by;
+      std::optional<SteadyClock::time_point> wake_by;
       if (!batch.empty()) wake_by = linger_deadline;
       // Each lane's share of what the batch lacks: whichever lane gets there first wakes us.
       const std::uint64_t lacking = batch.empty() ? 1 : max_batch_ - batch.size();
@@ -264,10 +264,10 @@ class Worker {
   // context switch. Only right after a round that took events, so an idle worker never spins.
   bool spin_until_reached(std::uint64_t threshold, std::uint64_t byte_threshold,
                           std::uint64_t served) {
-    const auto until = Clock::now() + kSpin;
+    const auto until = SteadyClock::now() + kSpin;
     for (int i = 1;; ++i) {
       if (p_.queue.any_reached(threshold, byte_threshold)) return true;
-      if ((i & 15) == 0 && (Clock::now() >= until || p_.stop.stopping() ||
+      if ((i & 15) == 0 && (SteadyClock::now() >= until || p_.stop.stopping() ||
                             flush_requested_.load(std::memory_order_relaxed) != served)) {
         return false;
       }
@@ -288,7 +288,7 @@ class Worker {
       p_.completion.notify();
       settle(p_.delivery.deliver(batch), first);
       batch.clear();
-      p_.completion.batch_done(next);
+      p_.completion.worker_done(next);
       return;
     }
     for (;;) {
@@ -302,7 +302,7 @@ class Worker {
     }
     p_.counters.waiting.fetch_add(1, std::memory_order_relaxed);  // as in the sync case
     undispatched_.store(0, std::memory_order_release);
-    p_.completion.batch_submitted(offset(first), next);
+    p_.completion.dispatched(offset(first), next);
     pool_->submit(std::move(batch), first);
     batch = pool_->take_buffer();
   }
@@ -322,7 +322,7 @@ class Worker {
     p_.delivery.abandon(batch);
     batch.clear();
     undispatched_.store(0, std::memory_order_release);
-    p_.completion.batch_done(offset(first) + n);
+    p_.completion.worker_done(offset(first) + n);
   }
 
   static constexpr std::chrono::microseconds kSpin{50};
