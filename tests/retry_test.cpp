@@ -112,7 +112,7 @@ TEST(Retry, BackoffFormulaAndJitterSpread) {
     void process_events(std::span<Event>) {}
   };
   NullSink sink;
-  const buffered::detail::Reporter<Event> report({}, nullptr);
+  buffered::detail::Ledger<Event> report({}, nullptr);
   buffered::detail::Counters counters;
   buffered::detail::StopState stop;
   buffered::Retry r = exact(5, 100ms, 2.0, 300ms);

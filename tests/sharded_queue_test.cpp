@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <buffered/detail/sharded_queue.hpp>
 
+#include "queue_support.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -18,7 +20,7 @@ using Queue = buffered::detail::ShardedQueue<std::uint64_t>;
 
 PushResult push(Queue& q, std::uint64_t v) {
   Queue::LaneHandle lane = nullptr;
-  return q.try_emplace(lane, v);
+  return buffered_test::try_push(q, lane, v);
 }
 
 std::vector<std::uint64_t> pop_all(Queue& q) {
@@ -235,10 +237,10 @@ TEST(ShardedQueue, DestructorDestroysWhatIsLeftInEveryLane) {
   {
     buffered::detail::ShardedQueue<Counted> q(300);
     buffered::detail::ShardedQueue<Counted>::LaneHandle lane = nullptr;
-    for (int i = 0; i < 100; ++i) ASSERT_EQ(q.try_emplace(lane), PushResult::ok);
+    for (int i = 0; i < 100; ++i) ASSERT_EQ(buffered_test::try_push(q, lane), PushResult::ok);
     std::thread([&] {
       buffered::detail::ShardedQueue<Counted>::LaneHandle other = nullptr;
-      for (int i = 0; i < 150; ++i) ASSERT_EQ(q.try_emplace(other), PushResult::ok);
+      for (int i = 0; i < 150; ++i) ASSERT_EQ(buffered_test::try_push(q, other), PushResult::ok);
     }).join();
     EXPECT_EQ(q.pop(30, [](Counted&&) {}), 30u);
     EXPECT_EQ(Counted::alive.load(), 220);

@@ -1,17 +1,10 @@
 // BufferedBackend: a bounded, batching, non-blocking buffer in front of a slow sink.
 #pragma once
 
-#include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <cmath>
 #include <concepts>
-#include <condition_variable>
 #include <cstddef>
-#include <cstdint>
 #include <functional>
-#include <mutex>
-#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -19,20 +12,12 @@
 #include <utility>
 
 #include "config.hpp"
-#include "detail/completion.hpp"
-#include "detail/counters.hpp"
-#include "detail/deadline.hpp"
-#include "detail/delivery.hpp"
-#include "detail/flush_gate.hpp"
+#include "detail/admission.hpp"
+#include "detail/config_check.hpp"
 #include "detail/fork_guard.hpp"
-#include "detail/owner.hpp"
-#include "detail/parker.hpp"
-#include "detail/reporter.hpp"
-#include "detail/sharded_queue.hpp"
+#include "detail/ledger.hpp"
+#include "detail/lifecycle.hpp"
 #include "detail/sink.hpp"
-#include "detail/stop_state.hpp"
-#include "detail/test_hooks.hpp"
-#include "detail/worker.hpp"
 #include "outcome.hpp"
 #include "token_bucket.hpp"
 #include "version.hpp"
@@ -68,11 +53,12 @@ concept Sink = detail::SinkCall<D, Event>::kValid &&
 // producer's thread, until the new event fits. See sharded_queue.hpp for what "oldest" and the
 // bounds mean with several producer threads.
 //
-// This class is the facade: config validation, the lifecycle, the producer API and stats. The
-// parts are in detail/: the buffer (sharded_queue.hpp, lane_registry.hpp), the worker loop
-// (worker.hpp), the delivery of one batch with its retries (delivery.hpp), the dispatch pool
-// (dispatch_pool.hpp), the throttle (token_bucket.hpp), and how they wait (parker.hpp,
-// stop_state.hpp, completion.hpp).
+// This class is the facade: the public API and its contracts. The rooms behind it, in the order
+// an event passes them (README, "How it works"): detail/config_check.hpp, admission.hpp (the
+// producer's path), sharded_queue.hpp (the buffer: lane_set.hpp, lane.hpp, block_pool.hpp,
+// credit_pool.hpp, close_flag.hpp, queue_head.hpp, eviction.hpp), parker.hpp (waking the
+// worker), worker.hpp, dispatcher.hpp, delivery.hpp (one batch and its retries), ledger.hpp (every
+// outcome, counted and reported), and lifecycle.hpp (run, flush, shutdown).
 //
 // Lifecycle: construct (validates the config, allocates the buffers; nothing runs) -> run()
 // (starts the delegate, then the threads; if that fails it is all undone and run() may be called
@@ -130,29 +116,14 @@ class BufferedBackend {
   explicit BufferedBackend(Delegate sink, BatchConfig config = {}, error_handler on_error = {},
                            byte_size_function byte_size = {})
       : delegate_(std::forward<Delegate>(sink)),
-        config_(validated(config)),
-        byte_size_(std::move(byte_size)),
-        report_(std::move(on_error), this),
-        sized_(config_.max_buffer_bytes != 0 || config_.max_batch_bytes != 0),
-        max_event_bytes_(max_event_bytes(config_)),
-        queue_(config_.buffer_size, detail::test_hooks::start_position(),
-               detail::QueueOptions{config_.max_buffer_bytes, sized_,
-                                    config_.overflow == OverflowPolicy::drop_oldest,
-                                    &BufferedBackend::lane_added, this}),
-        completion_(config_.async_delegate ? config_.max_in_flight : 0),
-        bucket_(make_bucket(config_)),
-        delivery_(delegate_, report_, counters_, stop_, bucket_.get(), config_.retry, this),
-        worker_({queue_, parker_, space_, completion_, stop_, counters_, delivery_, report_},
-                std::min(config_.max_batch_size, config_.buffer_size), config_.max_batch_bytes,
-                config_.max_batch_wait, config_.async_delegate ? config_.max_in_flight : 0, this,
-                [this] {
-                  flush_gate_.close_and_wait();  // no delegate.flush() from here on
-                  shutdown_delegate();
-                }) {
+        config_(detail::checked_config(config)),
+        ledger_(std::move(on_error), this),
+        admission_(config_, std::move(byte_size), ledger_, this),
+        life_(delegate_, config_, admission_, ledger_, this) {
     fork_node_.on_child = [](void* self) noexcept {
       auto* backend = static_cast<BufferedBackend*>(self);
-      backend->queue_.close_in_child();  // refuses offers made in the child
-      backend->parker_.disarm_in_child();
+      backend->admission_.queue().close_in_child();  // refuses offers made in the child
+      backend->admission_.parker().disarm_in_child();
     };
     fork_node_.self = this;
     detail::ForkRegistry::add(fork_node_);
@@ -168,7 +139,7 @@ class BufferedBackend {
     detail::ForkRegistry::remove(fork_node_);
     if (inherited()) return;
     shutdown();
-    worker_.join();
+    life_.join();
   }
 
   // Calls delegate.run() if present, then starts the worker (and the async dispatch threads).
@@ -185,39 +156,7 @@ class BufferedBackend {
     if (inherited()) {
       throw std::logic_error("BufferedBackend::run: the backend was inherited through fork()");
     }
-    {
-      std::unique_lock<std::mutex> lock(life_mu_);
-      if (start_ == Start::starting && on_own_thread()) return;  // from inside delegate.run()
-      life_cv_.wait(lock, [this] { return start_ != Start::starting; });
-      if (shut_) throw std::logic_error("BufferedBackend::run: the backend has been shut down");
-      if (start_ == Start::started) return;
-      start_ = Start::starting;
-    }
-    bool delegate_ran = false;
-    try {
-      if constexpr (detail::HasRun<DelegateType>) {
-        const detail::OwnerScope scope(this);
-        delegate_.run();
-      }
-      delegate_ran = true;
-      worker_.start();  // on failure it has joined the threads it made
-    } catch (...) {
-      if (delegate_ran) shutdown_delegate();
-      bool shut = false;
-      {
-        std::lock_guard<std::mutex> lock(life_mu_);
-        start_ = Start::idle;
-        shut = shut_;
-      }
-      life_cv_.notify_all();
-      if (shut) finish_never_run();  // a shutdown() waits for this
-      throw;
-    }
-    {
-      std::lock_guard<std::mutex> lock(life_mu_);
-      start_ = Start::started;
-    }
-    life_cv_.notify_all();
+    life_.run();
   }
 
   // Offers copies of `events`, in order. Returns how many were accepted; stops at the first
@@ -233,9 +172,9 @@ class BufferedBackend {
                   "copy-constructible; offer move-only events one by one with "
                   "process_event(std::move(event))");
     for (std::size_t i = 0; i < events.size(); ++i) {
-      const detail::PushResult result = offer_copy(events[i]);
+      const detail::PushResult result = admission_.offer_copy(events[i]);
       if (result != detail::PushResult::ok) {
-        refuse(result, events.subspan(i));
+        admission_.refuse(result, events.subspan(i));
         return i;
       }
     }
@@ -248,18 +187,18 @@ class BufferedBackend {
     static_assert(std::is_copy_constructible_v<Event>,
                   "BufferedBackend::process_event(const Event&) copies the event: Event must be "
                   "copy-constructible; pass it as an rvalue, process_event(std::move(event))");
-    const detail::PushResult result = offer_copy(event);
+    const detail::PushResult result = admission_.offer_copy(event);
     if (result == detail::PushResult::ok) return true;
-    refuse(result, std::span<const Event>(&event, 1));
+    admission_.refuse(result, std::span<const Event>(&event, 1));
     return false;
   }
 
   // Moves `event` in if accepted; otherwise leaves it intact and reports it. Never throws (but
   // for what byte_size throws). Thread-safe. Blocks as process_events does.
   bool process_event(Event&& event) {
-    const detail::PushResult result = offer(std::move(event));
+    const detail::PushResult result = admission_.offer(std::move(event));
     if (result == detail::PushResult::ok) return true;
-    refuse(result, std::span<const Event>(&event, 1));
+    admission_.refuse(result, std::span<const Event>(&event, 1));
     return false;
   }
 
@@ -274,30 +213,7 @@ class BufferedBackend {
   // the delegate or the error handler it only requests the flush and returns false. Thread-safe;
   // never allocates; exceptions from delegate.flush() propagate.
   bool flush(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) {
-    if (inherited()) return false;
-    const auto deadline = detail::deadline_after(detail::SteadyClock::now(), timeout);
-    if (!started() || completion_.complete() || stop_.past_deadline()) {
-      return queue_.size() == 0 && completion_.flushed(offset(queue_.position())) &&
-             queue_.evictions_reported();
-    }
-    const std::uint64_t request = worker_.request_flush();
-    parker_.signal();
-    if (on_own_thread()) return false;
-    const auto past_deadline = [this] { return stop_.past_deadline(); };
-    const auto target = completion_.wait_flush_target(request, deadline, past_deadline);
-    if (!target) return false;
-    const auto result = completion_.wait_flushed(*target, deadline, past_deadline);
-    if (result != detail::Completion::FlushResult::done) return false;
-    // An evicted event counts as done once its eviction has been reported.
-    if (!queue_.wait_evictions_reported(deadline)) return false;
-    if constexpr (detail::HasFlush<DelegateType>) {
-      const detail::FlushPass pass(flush_gate_);
-      if (pass) {
-        const detail::OwnerScope scope(this);
-        delegate_.flush();
-      }
-    }
-    return true;
+    return !inherited() && life_.flush(timeout);
   }
 
   // Refuses new events, dispatches everything queued, waits for every delegate call in flight,
@@ -313,59 +229,22 @@ class BufferedBackend {
   // never allocates (abandoned events are reported in chunks of up to a batch, from a buffer the
   // constructor reserved); blocks as described.
   bool shutdown(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max()) noexcept {
-    if (inherited()) return false;  // a forked child: nothing of this backend runs here
-    const auto deadline = detail::deadline_after(detail::SteadyClock::now(), timeout);
-    bool abandon_here = false;
-    {
-      std::lock_guard<std::mutex> lock(life_mu_);
-      if (!shut_) {
-        shut_ = true;
-        queue_.close();
-        abandon_here = start_ == Start::idle;  // while starting, run() finishes the job
-      }
-      stop_.request(deadline);  // wakes token and retry waits, to apply the deadline
-    }
-    space_.notify_all();  // blocked producers: refused with shut_down
-    if (abandon_here) {
-      finish_never_run();
-      return false;
-    }
-    parker_.signal();
-    completion_.notify();  // flush() callers: a deadline may have come
-    if (on_own_thread()) return false;
-    if (!completion_.wait_complete(deadline, [] { return false; })) {
-      // The worker may be inside a delegate call that outlives the deadline (or not started
-      // yet): take what is still queued ourselves, then wait (briefly: neither is in a delegate
-      // call, and the deadline has cut their waits short) until the worker holds no undispatched
-      // batch and no batch waits for a dispatch thread or a retry.
-      worker_.abandon_remaining();
-      completion_.wait_complete(std::nullopt, [this] {
-        return worker_.undispatched() == 0 &&
-               counters_.waiting.load(std::memory_order_acquire) == 0;
-      });
-    }
-    return worker_.ran() && !counters_.abandoned_any.load(std::memory_order_acquire) &&
-           counters_.pending.load(std::memory_order_acquire) == 0;
+    return !inherited() && life_.shutdown(timeout);  // a forked child: nothing of ours runs here
   }
 
   // A snapshot of the counters. Each is exact; they are read one after another, so while events
   // flow the snapshot is not atomic as a whole. Thread-safe, lock-free, never blocks.
   Stats stats() const noexcept {
     Stats s{};
-    s.accepted = queue_.pushed();
-    s.rejected_full = rejected_full_.load(std::memory_order_relaxed);
-    s.rejected_shut_down = rejected_shut_down_.load(std::memory_order_relaxed);
-    s.delivered = counters_.delivered.load(std::memory_order_relaxed);
-    s.failed = counters_.failed.load(std::memory_order_relaxed);
-    s.abandoned = counters_.abandoned.load(std::memory_order_relaxed);
-    s.batches = counters_.batches.load(std::memory_order_relaxed);
-    s.queued = queue_.size();
-    s.in_flight = counters_.in_flight.load(std::memory_order_relaxed);
-    s.retries = counters_.retries.load(std::memory_order_relaxed);
-    s.pending = counters_.pending.load(std::memory_order_relaxed);
-    s.evicted = queue_.evicted();
-    s.rejected_too_large = rejected_too_large_.load(std::memory_order_relaxed);
-    s.queued_bytes = static_cast<std::size_t>(queue_.queued_bytes());
+    ledger_.fill(s);
+    const detail::ShardedQueue<Event>& queue = admission_.queue();
+    s.accepted = queue.pushed();
+    s.queued = queue.size();
+    s.queued_bytes = static_cast<std::size_t>(queue.queued_bytes());
+    const detail::Counters& calls = life_.counters();
+    s.batches = calls.batches.load(std::memory_order_relaxed);
+    s.in_flight = calls.in_flight.load(std::memory_order_relaxed);
+    s.retries = calls.retries.load(std::memory_order_relaxed);
     return s;
   }
 
@@ -384,296 +263,14 @@ class BufferedBackend {
   const BatchConfig& config() const noexcept { return config_; }
 
  private:
-  enum class Start { idle, starting, started };
-
-  // The largest thread pool a config may ask for.
-  static constexpr std::size_t kMaxInFlight = 4096;
-
-  static BatchConfig validated(BatchConfig c) {
-    using std::invalid_argument;
-    if (c.buffer_size == 0) throw invalid_argument("BatchConfig::buffer_size must be at least 1");
-    if (c.buffer_size > (std::size_t{1} << 40)) {
-      throw invalid_argument("BatchConfig::buffer_size must be at most 2^40");
-    }
-    if (c.max_batch_size == 0)
-      throw invalid_argument("BatchConfig::max_batch_size must be at least 1");
-    if (c.max_batch_size > 1 && c.max_batch_wait <= std::chrono::nanoseconds::zero()) {
-      throw invalid_argument(
-          "BatchConfig::max_batch_wait must be positive when max_batch_size > 1");
-    }
-    if (c.max_in_flight == 0)
-      throw invalid_argument("BatchConfig::max_in_flight must be at least 1");
-    if (c.max_in_flight > kMaxInFlight) {
-      throw invalid_argument("BatchConfig::max_in_flight must be at most 4096 (threads)");
-    }
-    if (c.throttle) {
-      if (!(c.throttle->qps > 0) || !std::isfinite(c.throttle->qps)) {
-        throw invalid_argument("BatchConfig::throttle.qps must be a positive, finite number");
-      }
-      if (c.throttle->burst == 0)
-        throw invalid_argument("BatchConfig::throttle.burst must be at least 1");
-      if (c.throttle->burst > TokenBucket<detail::SteadyClock>::kMaxBurst)
-        throw invalid_argument("BatchConfig::throttle.burst must be at most 2^53");
-    }
-    if (c.retry) {
-      const Retry& r = *c.retry;
-      if (r.max_attempts == 0)
-        throw invalid_argument("BatchConfig::retry.max_attempts must be at least 1");
-      if (r.initial_backoff <= std::chrono::nanoseconds::zero()) {
-        throw invalid_argument("BatchConfig::retry.initial_backoff must be positive");
-      }
-      if (!(r.multiplier >= 1.0) || !std::isfinite(r.multiplier)) {
-        throw invalid_argument("BatchConfig::retry.multiplier must be a finite number >= 1");
-      }
-      if (r.max_backoff < r.initial_backoff) {
-        throw invalid_argument("BatchConfig::retry.max_backoff must be at least initial_backoff");
-      }
-      if (!(r.jitter >= 0.0 && r.jitter <= 1.0)) {
-        throw invalid_argument("BatchConfig::retry.jitter must be in [0, 1]");
-      }
-    }
-    if (c.overflow != OverflowPolicy::drop_newest && c.overflow != OverflowPolicy::block &&
-        c.overflow != OverflowPolicy::drop_oldest) {
-      throw invalid_argument("BatchConfig::overflow is not an OverflowPolicy value");
-    }
-    if (c.max_buffer_bytes != 0 && c.max_batch_bytes > c.max_buffer_bytes) {
-      throw invalid_argument(
-          "BatchConfig::max_batch_bytes must be at most max_buffer_bytes when both are set");
-    }
-    return c;
-  }
-
-  // The largest event a config admits: above either byte bound it is too_large.
-  static std::uint64_t max_event_bytes(const BatchConfig& c) {
-    std::uint64_t m = ~std::uint64_t{0};
-    if (c.max_buffer_bytes != 0) m = std::min<std::uint64_t>(m, c.max_buffer_bytes);
-    if (c.max_batch_bytes != 0) m = std::min<std::uint64_t>(m, c.max_batch_bytes);
-    return m;
-  }
-
-  static std::unique_ptr<TokenBucket<detail::SteadyClock>> make_bucket(const BatchConfig& c) {
-    if (!c.throttle) return nullptr;
-    return std::make_unique<TokenBucket<detail::SteadyClock>>(c.throttle->qps, c.throttle->burst);
-  }
-
-  std::uint64_t offset(std::uint64_t position) const noexcept { return worker_.offset(position); }
-
-  bool on_own_thread() const noexcept { return detail::current_owner == this; }
-
   // This process is a fork of the one that made the backend: its threads are not here.
   bool inherited() const noexcept { return detail::forked_since(generation_); }
 
-  bool started() const {
-    std::lock_guard<std::mutex> lock(life_mu_);
-    return start_ == Start::started;
-  }
-
-  // Shutdown of a backend whose threads never ran: everything queued is abandoned.
-  void finish_never_run() noexcept {
-    worker_.abandon_remaining();
-    completion_.mark_complete(offset(queue_.position()));
-  }
-
-  void shutdown_delegate() noexcept {
-    if constexpr (detail::HasShutdown<DelegateType>) {
-      const detail::OwnerScope scope(this);
-      try {
-        delegate_.shutdown();
-      } catch (...) {
-        // Nothing is left to report it with: every event is already accounted for.
-      }
-    }
-  }
-
-  // ---- producer side ----
-
-  // A producer thread took a new lane: a parked worker computes its thresholds again.
-  static void lane_added(void* self) noexcept {
-    static_cast<BufferedBackend*>(self)->parker_.notify_lanes_changed();
-  }
-
-  using LaneHandle = typename detail::ShardedQueue<Event>::LaneHandle;
-
-  // Without byte bounds the queue's fast path takes the event; with them, try_emplace answers
-  // `sized` (taking nothing) and offer() goes the sized way (offer_sized), so the common path pays
-  // no test for the feature.
-  template <class... Args>
-  [[gnu::always_inline]] detail::PushResult offer(Args&&... args) {
-    LaneHandle lane = nullptr;
-    const detail::PushResult result = push_plain(lane, std::forward<Args>(args)...);
-    if (result == detail::PushResult::ok) [[likely]]
-      return result;
-    if (result == detail::PushResult::sized) return offer_sized(std::forward<Args>(args)...);
-    return offer_refused(result, lane, 0, std::forward<Args>(args)...);  // nothing was moved
-  }
-
-  // With a byte bound: the event's size is taken once, here.
-  template <class E>
-  [[gnu::noinline]] detail::PushResult offer_sized(E&& event) {
-    const std::uint64_t bytes = byte_size_ ? byte_size_(std::as_const(event)) : sizeof(Event);
-    if (bytes > max_event_bytes_) return detail::PushResult::too_large;
-    LaneHandle lane = nullptr;
-    const detail::PushResult result = push_once(lane, bytes, std::forward<E>(event));
-    if (result == detail::PushResult::ok) return result;
-    return offer_refused(result, lane, bytes, std::forward<E>(event));
-  }
-
-  // The queue's push without byte sizes and, if it succeeded, the wake-up check. Moves from
-  // `args` only when it succeeds.
-  template <class... Args>
-  [[gnu::always_inline]] detail::PushResult push_plain(LaneHandle& lane, Args&&... args) {
-    const detail::PushResult result = queue_.try_emplace(lane, std::forward<Args>(args)...);
-    if (result == detail::PushResult::ok) [[likely]]
-      parker_.notify_published([&] { return queue_.queued(lane); });
-    return result;
-  }
-
-  // One push (sized or not) and, if it succeeded, the wake-up check. Moves from `args` only
-  // when it succeeds.
-  template <class... Args>
-  [[gnu::always_inline]] detail::PushResult push_once(LaneHandle& lane, std::uint64_t bytes,
-                                                      Args&&... args) {
-    if (!sized_) return push_plain(lane, std::forward<Args>(args)...);
-    const detail::PushResult result =
-        queue_.try_emplace_sized(lane, bytes, std::forward<Args>(args)...);
-    if (result == detail::PushResult::ok) {
-      parker_.notify_published_sized([&] { return queue_.queued(lane); },
-                                     [&] { return queue_.queued_bytes(lane); });
-    }
-    return result;
-  }
-
-  template <class... Args>
-  [[gnu::noinline]] detail::PushResult offer_refused(detail::PushResult result, LaneHandle lane,
-                                                     std::uint64_t bytes, Args&&... args) {
-    if (result != detail::PushResult::full) return result;
-    parker_.notify_full();
-    // The shared lane's reserve, or other threads' byte reserves, may be what is missing: take
-    // them back, once.
-    if (queue_.reclaim(bytes)) {
-      result = push_once(lane, bytes, std::forward<Args>(args)...);
-      if (result != detail::PushResult::full) return result;
-    }
-    if (config_.overflow == OverflowPolicy::drop_oldest && detail::current_evictor != this) {
-      return offer_evicting(lane, bytes, std::forward<Args>(args)...);
-    }
-    if (config_.overflow == OverflowPolicy::block && !on_own_thread()) {
-      return offer_blocking(bytes, std::forward<Args>(args)...);
-    }
-    return result;
-  }
-
-  // drop_oldest: evict one queued event at a time until the new one fits. Each eviction keeps
-  // what it frees on this thread's lane, and the push that uses it runs before the victim is
-  // reported (on this thread, with no lock held), so a handler that offers cannot take it; offers
-  // from inside that report do not evict (they are refused when the buffer is full). Bounded: at
-  // most one eviction more than the events queued when it started. When nothing is left to
-  // evict, the consumer may just have taken it all (its credits are then back): one more try.
-  // Full only if that fails too, which takes several producers (credits they reserved) or a
-  // concurrent one that took the space.
-  template <class... Args>
-  detail::PushResult offer_evicting(LaneHandle lane, std::uint64_t bytes, Args&&... args) {
-    const detail::EvictorScope scope(this);
-    std::size_t budget = queue_.size() + 1;
-    for (bool evicted_last = true;;) {
-      detail::PushResult result = detail::PushResult::full;
-      const bool evicted = queue_.evict_oldest(lane, bytes, [&, this](Event&& victim) noexcept {
-        // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
-        try {
-          result = push_once(lane, bytes, std::forward<Args>(args)...);
-        } catch (...) {
-          result = detail::PushResult::ok;  // only the wake-up after a push can throw
-        }
-        report_(ErrorKind::evicted, std::span<const Event>(&victim, 1));
-      });
-      if (evicted) {
-        if (result != detail::PushResult::full || --budget == 0) return result;
-        evicted_last = true;
-        continue;
-      }
-      if (!evicted_last || queue_.closed()) {
-        return queue_.closed() ? detail::PushResult::closed : detail::PushResult::full;
-      }
-      evicted_last = false;
-      result = push_once(lane, bytes, std::forward<Args>(args)...);
-      if (result != detail::PushResult::full) return result;
-    }
-  }
-
-  template <class... Args>
-  detail::PushResult offer_blocking(std::uint64_t bytes, Args&&... args) {
-    const auto deadline = detail::deadline_after(detail::SteadyClock::now(), config_.block_timeout);
-    for (;;) {
-      // Every byte reserve comes with a push, so the worker notifies after it; reclaiming on
-      // each check means an idle thread's reserve never keeps this event out.
-      const bool ready = space_.wait(
-          [this, bytes] {
-            queue_.reclaim_bytes(bytes);
-            return queue_.closed() || queue_.has_space(bytes);
-          },
-          deadline);
-      LaneHandle lane = nullptr;
-      // Nothing is moved from `args` unless the push succeeds, so retrying is safe.
-      const detail::PushResult result = push_once(lane, bytes, std::forward<Args>(args)...);
-      if (result == detail::PushResult::ok) return result;
-      if (result == detail::PushResult::closed) return result;
-      parker_.notify_full();
-      if (!ready && deadline && detail::SteadyClock::now() >= *deadline) return result;
-    }
-  }
-
-  [[gnu::always_inline]] detail::PushResult offer_copy(const Event& event) {
-    if constexpr (std::is_nothrow_copy_constructible_v<Event>) {
-      return offer(event);  // constructed in its slot: nothing can throw after the claim
-    } else {
-      Event copy(event);  // may throw: before anything is claimed
-      return offer(std::move(copy));
-    }
-  }
-
-  void refuse(detail::PushResult result, std::span<const Event> events) {
-    switch (result) {
-      case detail::PushResult::full:
-        rejected_full_.fetch_add(events.size(), std::memory_order_relaxed);
-        report_(ErrorKind::buffer_full, events);
-        break;
-      case detail::PushResult::too_large:
-        rejected_too_large_.fetch_add(events.size(), std::memory_order_relaxed);
-        report_(ErrorKind::too_large, events);
-        break;
-      default:
-        rejected_shut_down_.fetch_add(events.size(), std::memory_order_relaxed);
-        report_(ErrorKind::shut_down, events);
-        break;
-    }
-  }
-
   Delegate delegate_;
   const BatchConfig config_;
-  const byte_size_function byte_size_;
-  const detail::Reporter<Event> report_;
-  const bool sized_;                     // a byte bound is set: events carry their size
-  const std::uint64_t max_event_bytes_;  // larger events are too_large
-  detail::ShardedQueue<Event> queue_;
-  detail::Parker parker_;
-  detail::SpaceWaiters space_;
-  detail::Completion completion_;
-  detail::StopState stop_;
-  detail::Counters counters_;
-  const std::unique_ptr<TokenBucket<detail::SteadyClock>> bucket_;
-  detail::Delivery<Event, DelegateType> delivery_;
-  detail::FlushGate flush_gate_;
-  detail::Worker<Event, DelegateType> worker_;
-
-  // Producer-side counters, on their own line.
-  alignas(detail::kCacheLine) std::atomic<std::uint64_t> rejected_full_{0};
-  std::atomic<std::uint64_t> rejected_shut_down_{0};
-  std::atomic<std::uint64_t> rejected_too_large_{0};
-
-  mutable std::mutex life_mu_;
-  detail::CondVar life_cv_;    // run() callers wait here while another one is starting
-  Start start_ = Start::idle;  // guarded by life_mu_
-  bool shut_ = false;          // guarded by life_mu_: shutdown() was called
+  detail::Ledger<Event> ledger_;
+  detail::Admission<Event> admission_;  // owns the buffer and how producers wake the worker
+  detail::Lifecycle<Event, DelegateType> life_;
 
   const unsigned generation_ = detail::ForkRegistry::generation();
   detail::ForkRegistry::Node fork_node_;  // linked by the constructor, last

@@ -15,22 +15,22 @@
 #include "../token_bucket.hpp"
 #include "counters.hpp"
 #include "deadline.hpp"
+#include "ledger.hpp"
 #include "owner.hpp"
-#include "reporter.hpp"
 #include "sink.hpp"
 #include "stop_state.hpp"
 
 namespace buffered::detail {
 
-// deliver() takes a batch whose events are counted `pending` and whose first attempt already has
+// deliver() takes a batch whose events are `pending` (Ledger) and whose first attempt already has
 // its throttle token, and sees it to its end on the calling thread (the worker in sync mode, a
-// dispatch thread in async mode):
-//   attempt -> delivered: counted, done.
+// dispatch thread in async mode), settling it in the Ledger:
+//   attempt -> delivered: settled delivered, done.
 //           -> permanent_error / Outcome::permanent_failure(), or the last attempt failed:
-//              counted `failed`, reported once (inside the catch block of the last exception).
+//              settled failed (inside the catch block of the last exception).
 //           -> retryable (another exception, false, Outcome::retry): wait the backoff (or the
 //              Outcome's retry-after), take a token, attempt again with the same events.
-//   A stop deadline that passes while it waits ends it: counted and reported `abandoned`.
+//   A stop deadline that passes while it waits ends it: settled abandoned.
 // Without BatchConfig::retry every failure is final. The caller keeps the batch's place while
 // this runs (sync: the worker takes no further batch; async: the dispatch slot stays taken), so
 // order and memory bounds hold.
@@ -40,12 +40,10 @@ namespace buffered::detail {
 template <class Event, class Delegate>
 class Delivery {
  public:
-  enum class Settled { delivered, failed, abandoned };
-
-  Delivery(Delegate& delegate, const Reporter<Event>& report, Counters& counters, StopState& stop,
+  Delivery(Delegate& delegate, Ledger<Event>& ledger, Counters& counters, StopState& stop,
            TokenBucket<SteadyClock>* bucket, std::optional<Retry> retry, const void* owner)
       : delegate_(delegate),
-        report_(report),
+        ledger_(ledger),
         counters_(counters),
         stop_(stop),
         bucket_(bucket),
@@ -113,7 +111,7 @@ class Delivery {
 
   // Settles a batch that will not reach the delegate (a stop deadline came first) and that is not
   // counted in Counters::waiting (the worker's own batch).
-  void abandon(std::span<Event> events) noexcept { settle(Settled::abandoned, events); }
+  void abandon(std::span<Event> events) noexcept { ledger_.settle(Settled::abandoned, events); }
 
   // The wait before retry number `retry` (1 = the first): initial_backoff * multiplier^(retry-1),
   // at most max_backoff, then spread uniformly by +-jitter.
@@ -135,33 +133,13 @@ class Delivery {
 
   // Settles a batch counted in `waiting`, then stops counting it there.
   Settled finish(Settled how, std::span<Event> events) noexcept {
-    settle(how, events);
+    ledger_.settle(how, events);
     counters_.waiting.fetch_sub(1, std::memory_order_release);
     return how;
   }
 
   // A waiting batch that the stop deadline ends.
   Settled give_up(std::span<Event> events) noexcept { return finish(Settled::abandoned, events); }
-
-  Settled settle(Settled how, std::span<Event> events) noexcept {
-    const std::size_t n = events.size();
-    switch (how) {
-      case Settled::delivered:
-        counters_.delivered.fetch_add(n, std::memory_order_relaxed);
-        break;
-      case Settled::failed:
-        counters_.failed.fetch_add(n, std::memory_order_relaxed);
-        report_(ErrorKind::delegate_failed, events);
-        break;
-      case Settled::abandoned:
-        counters_.abandoned_any.store(true, std::memory_order_release);
-        counters_.abandoned.fetch_add(n, std::memory_order_relaxed);
-        report_(ErrorKind::abandoned, events);
-        break;
-    }
-    counters_.pending.fetch_sub(n, std::memory_order_release);
-    return how;
-  }
 
   // Uniform in [0, 1), from a splitmix64 sequence: lock-free and thread-safe.
   double uniform() noexcept {
@@ -173,7 +151,7 @@ class Delivery {
   }
 
   Delegate& delegate_;
-  const Reporter<Event>& report_;
+  Ledger<Event>& ledger_;
   Counters& counters_;
   StopState& stop_;
   TokenBucket<SteadyClock>* const bucket_;

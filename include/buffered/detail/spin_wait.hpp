@@ -20,9 +20,9 @@ inline void cpu_relax() noexcept {
 }
 
 // Waiting for another thread that is a few instructions from done: a producer between taking a
-// slot and publishing it (it may also have been pre-empted), an eviction being reported. Spins briefly, then yields, then sleeps
-// with a growing interval (capped at 1 ms), never past `deadline`. So a stalled producer costs
-// the waiting thread almost no CPU.
+// slot and publishing it (it may also have been pre-empted), an eviction being reported. Spins
+// briefly, then yields, then sleeps with a growing interval (capped at 1 ms), never past
+// `deadline`. So a stalled producer costs the waiting thread almost no CPU.
 class SpinWait {
  public:
   void pause(std::optional<SteadyClock::time_point> deadline) {

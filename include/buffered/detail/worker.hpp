@@ -17,14 +17,12 @@
 
 #include "../config.hpp"
 #include "completion.hpp"
-#include "counters.hpp"
 #include "deadline.hpp"
-#include "delivery.hpp"
-#include "dispatch_pool.hpp"
+#include "dispatcher.hpp"
 #include "fork_guard.hpp"
+#include "ledger.hpp"
 #include "owner.hpp"
 #include "parker.hpp"
-#include "reporter.hpp"
 #include "sharded_queue.hpp"
 #include "spin_wait.hpp"
 #include "stop_state.hpp"
@@ -37,9 +35,8 @@ namespace buffered::detail {
 //   - a flush request whose events are all taken: dispatch the batch and tell the flushers
 //     which offset to wait for;
 //   - batch full (max_batch events, or the next event would take it past max_batch_bytes), or
-//     its first event has waited `max_batch_wait`, or a stop was requested:
-//     dispatch it (sync: Delivery on this thread; async: to the pool, waiting for a free slot)
-//     and go on;
+//     its first event has waited `max_batch_wait`, or a stop was requested: dispatch it
+//     (dispatcher.hpp) and go on;
 //   - stopping, and the queue is drained (no push under way either): finish;
 //   - otherwise park until some lane holds its share of what the batch lacks, in events or in
 //     bytes (Parker thresholds), or the linger deadline.
@@ -66,7 +63,7 @@ class Worker {
     StopState& stop;
     Counters& counters;
     Delivery<Event, Delegate>& delivery;
-    const Reporter<Event>& report;
+    Ledger<Event>& ledger;
   };
 
   // Allocates the batch buffers (and, async, the pool's). `on_finish` runs on the worker thread
@@ -80,18 +77,9 @@ class Worker {
         max_batch_bytes_(max_batch_bytes),
         max_batch_wait_(max_batch_wait),
         owner_(owner),
-        on_finish_(std::move(on_finish)) {
-    if (async_threads != 0) {
-      pool_ = std::make_unique<DispatchPool<Batch>>(
-          async_threads, max_batch_,
-          [this](Batch& batch, std::uint64_t first) {
-            settle(p_.delivery.deliver(batch), first);
-            p_.completion.dispatch_done(offset(first));
-          },
-          [this] { p_.parker.signal(); });
-    } else {
-      sync_batch_.reserve(max_batch_);
-    }
+        on_finish_(std::move(on_finish)),
+        dispatcher_(parts.delivery, parts.completion, parts.stop, parts.parker, parts.counters,
+                    undispatched_, max_batch, async_threads) {
     abandon_chunk_.reserve(max_batch_);
   }
 
@@ -103,11 +91,11 @@ class Worker {
   // made are joined and the exception (std::system_error, std::bad_alloc) propagates: the
   // worker is then as before, and start() may be called again.
   void start() {
-    if (pool_) pool_->start([this] { current_owner = owner_; });
+    dispatcher_.start(owner_);
     try {
       thread_ = std::thread([this] { main(); });
     } catch (...) {
-      if (pool_) pool_->stop_and_join();  // no job was submitted: its threads just end
+      dispatcher_.stop_and_join();  // no job was submitted: its threads just end
       throw;
     }
   }
@@ -115,8 +103,7 @@ class Worker {
   // Joins the worker thread; in a forked child, where it does not exist, forgets it.
   void join() noexcept { join_or_forget(thread_, generation_); }
 
-  // The worker thread has started (it may already have finished).
-  bool ran() const noexcept { return ran_.load(std::memory_order_acquire); }
+  bool ran() const noexcept { return ran_.load(std::memory_order_acquire); }  // it started
 
   // Asks for every event published so far to be taken and the batch holding them to go at
   // once; returns the request's number (Completion::wait_flush_target). Any thread; the caller
@@ -144,13 +131,11 @@ class Worker {
         const std::uint64_t first = p_.queue.position();
         const std::size_t n = p_.queue.pop_into(max_batch_ - chunk.size(), chunk);
         if (n != 0 && !marked) {
-          p_.counters.abandoned_any.store(true, std::memory_order_release);
           p_.completion.abandoning_from(offset(first));
           marked = true;
         }
         if (!chunk.empty() && (chunk.size() == max_batch_ || n == 0)) {
-          p_.counters.abandoned.fetch_add(chunk.size(), std::memory_order_relaxed);
-          p_.report(ErrorKind::abandoned, chunk);
+          p_.ledger.abandoned_queued(chunk);
           chunk.clear();
         }
         if (n != 0) {
@@ -174,7 +159,7 @@ class Worker {
   void main() {
     ran_.store(true, std::memory_order_release);
     const OwnerScope scope(owner_);
-    Batch batch = pool_ ? pool_->take_buffer() : std::move(sync_batch_);
+    Batch batch = dispatcher_.take_buffer();
     std::uint64_t first = 0;  // consumer position of batch.front()
     SteadyClock::time_point linger_deadline{};
     SpinWait spin;
@@ -190,18 +175,7 @@ class Worker {
       }
       const bool was_empty = batch.empty();
       if (was_empty) budget = ByteBudget{max_batch_bytes_, false};
-      std::size_t taken = 0;
-      {
-        std::lock_guard<std::mutex> lock(consumer_mu_);
-        if (was_empty) first = p_.queue.position();
-        taken = p_.queue.pop_into(max_batch_ - batch.size(), batch,
-                                  max_batch_bytes_ != 0 ? &budget : nullptr);
-        if (taken != 0) {
-          p_.counters.pending.fetch_add(taken, std::memory_order_relaxed);
-          undispatched_.store(batch.size(), std::memory_order_release);
-          p_.space.notify_if_waiting();
-        }
-      }
+      const std::size_t taken = take(batch, first, budget);
       if (taken != 0) spin.reset();
       if (was_empty && !batch.empty()) {
         linger_deadline = deadline_after(SteadyClock::now(), max_batch_wait_)
@@ -209,14 +183,14 @@ class Worker {
       }
       const bool stop = p_.stop.stopping();
       if (stop && p_.stop.past_deadline()) {
-        abandon_batch(batch, first);
+        dispatcher_.abandon(batch, offset(first));
         abandon_remaining();
         break;
       }
       if (sweeping != 0 && p_.queue.passed(sweep)) {
         // Everything the flush waits for is taken: in earlier batches or in this one.
         const std::uint64_t target = offset(p_.queue.position());
-        if (!batch.empty()) dispatch(batch, first);
+        if (!batch.empty()) dispatcher_.dispatch(batch, offset(first));
         p_.completion.flush_served(sweeping, target);
         served = sweeping;
         sweeping = 0;
@@ -225,7 +199,7 @@ class Worker {
       const bool bytes_full = budget.stopped || (max_batch_bytes_ != 0 && budget.left == 0);
       if (batch.size() >= max_batch_ || (bytes_full && !batch.empty()) ||
           (!batch.empty() && (stop || SteadyClock::now() >= linger_deadline))) {
-        dispatch(batch, first);
+        dispatcher_.dispatch(batch, offset(first));
         continue;
       }
       if (batch.empty() && stop) {
@@ -233,30 +207,54 @@ class Worker {
         spin.pause(p_.stop.deadline());  // a push under way
         continue;
       }
-      std::optional<SteadyClock::time_point> wake_by;
-      if (!batch.empty()) wake_by = linger_deadline;
-      // Each lane's share of what the batch lacks: whichever lane gets there first wakes us.
-      const std::uint64_t lacking = batch.empty() ? 1 : max_batch_ - batch.size();
-      const unsigned lanes = p_.queue.active_lanes();
-      const std::uint64_t threshold = (lacking + lanes - 1) / lanes;
-      std::uint64_t byte_threshold = Parker::kDisarmed;
-      if (max_batch_bytes_ != 0 && !batch.empty()) {
-        byte_threshold = std::max<std::uint64_t>((budget.left + lanes - 1) / lanes, 1);
-      }
-      if (taken != 0 && spin_until_reached(threshold, byte_threshold, served)) continue;
-      // The last look, after arm()'s fence: anything published since the pop (the per-lane
-      // thresholds count only what comes after it), a lane that registered since `lanes` was
-      // read (its events would not reach them), or a flush: go round again instead.
-      p_.parker.arm(threshold, byte_threshold);
-      if (p_.queue.empty() && p_.queue.active_lanes() == lanes &&
-          flush_requested_.load(std::memory_order_acquire) == served) {
-        p_.parker.park(wake_by);
-      }
-      p_.parker.disarm();
+      wait_for_more(batch, budget, taken != 0, served, linger_deadline);
     }
-    if (pool_) pool_->stop_and_join();
+    dispatcher_.stop_and_join();
     on_finish_();
     p_.completion.mark_complete(offset(p_.queue.position()));
+  }
+
+  // One look at the lanes: appends what they published to `batch` (within what is left of
+  // the batch and of `budget`), setting `first` when the batch was empty. Serialized with a
+  // shutdown's abandon_remaining() by consumer_mu_.
+  std::size_t take(Batch& batch, std::uint64_t& first, ByteBudget& budget) {
+    std::lock_guard<std::mutex> lock(consumer_mu_);
+    if (batch.empty()) first = p_.queue.position();
+    const std::size_t taken = p_.queue.pop_into(max_batch_ - batch.size(), batch,
+                                                max_batch_bytes_ != 0 ? &budget : nullptr);
+    if (taken != 0) {
+      p_.ledger.taken(taken);
+      undispatched_.store(batch.size(), std::memory_order_release);
+      p_.space.notify_if_waiting();
+    }
+    return taken;
+  }
+
+  // Nothing to dispatch yet: spin briefly (only right after a round that took events), else
+  // park until some lane holds its share of what the batch lacks (in events, or in bytes),
+  // until `linger_deadline` when the batch holds events, or until signalled.
+  void wait_for_more(const Batch& batch, const ByteBudget& budget, bool took, std::uint64_t served,
+                     SteadyClock::time_point linger_deadline) {
+    std::optional<SteadyClock::time_point> wake_by;
+    if (!batch.empty()) wake_by = linger_deadline;
+    // Each lane's share of what the batch lacks: whichever lane gets there first wakes us.
+    const std::uint64_t lacking = batch.empty() ? 1 : max_batch_ - batch.size();
+    const unsigned lanes = p_.queue.active_lanes();
+    const std::uint64_t threshold = (lacking + lanes - 1) / lanes;
+    std::uint64_t byte_threshold = Parker::kDisarmed;
+    if (max_batch_bytes_ != 0 && !batch.empty()) {
+      byte_threshold = std::max<std::uint64_t>((budget.left + lanes - 1) / lanes, 1);
+    }
+    if (took && spin_until_reached(threshold, byte_threshold, served)) return;
+    // The last look, after arm()'s fence: anything published since the pop (the per-lane
+    // thresholds count only what comes after it), a lane that registered since `lanes` was
+    // read (its events would not reach them), or a flush: go round again instead.
+    p_.parker.arm(threshold, byte_threshold);
+    if (p_.queue.empty() && p_.queue.active_lanes() == lanes &&
+        flush_requested_.load(std::memory_order_acquire) == served) {
+      p_.parker.park(wake_by);
+    }
+    p_.parker.disarm();
   }
 
   // While events flow, the threshold is usually reached within microseconds: poll for up to
@@ -276,55 +274,6 @@ class Worker {
     }
   }
 
-  void dispatch(Batch& batch, std::uint64_t first) {
-    const std::uint64_t next = offset(first) + batch.size();
-    if (!p_.delivery.take_token()) {
-      abandon_batch(batch, first);
-      return;
-    }
-    if (!pool_) {
-      p_.counters.waiting.fetch_add(1, std::memory_order_relaxed);  // before it stops counting
-      undispatched_.store(0, std::memory_order_release);            // as undispatched
-      p_.completion.notify();
-      settle(p_.delivery.deliver(batch), first);
-      batch.clear();
-      p_.completion.worker_done(next);
-      return;
-    }
-    for (;;) {
-      // Checked after a slot is free too: one freed at the deadline must not start a call.
-      if (p_.stop.past_deadline()) {
-        abandon_batch(batch, first);
-        return;
-      }
-      if (pool_->has_free_slot()) break;
-      p_.parker.park(p_.stop.stopping() ? p_.stop.deadline() : std::nullopt);
-    }
-    p_.counters.waiting.fetch_add(1, std::memory_order_relaxed);  // as in the sync case
-    undispatched_.store(0, std::memory_order_release);
-    p_.completion.dispatched(offset(first), next);
-    pool_->submit(std::move(batch), first);
-    batch = pool_->take_buffer();
-  }
-
-  // A batch that ended abandoned (its retry was cut short by a deadline) must be known to
-  // flush() waiters before the batch counts as done.
-  void settle(typename Delivery<Event, Delegate>::Settled how, std::uint64_t first) noexcept {
-    if (how == Delivery<Event, Delegate>::Settled::abandoned) {
-      p_.completion.abandoning_from(offset(first));
-    }
-  }
-
-  void abandon_batch(Batch& batch, std::uint64_t first) {
-    if (batch.empty()) return;
-    const std::uint64_t n = batch.size();
-    p_.completion.abandoning_from(offset(first));
-    p_.delivery.abandon(batch);
-    batch.clear();
-    undispatched_.store(0, std::memory_order_release);
-    p_.completion.worker_done(offset(first) + n);
-  }
-
   static constexpr std::chrono::microseconds kSpin{50};
   static constexpr int kSpinPauses = 8;
 
@@ -334,12 +283,11 @@ class Worker {
   const std::chrono::nanoseconds max_batch_wait_;
   const void* const owner_;
   const std::function<void()> on_finish_;
-  std::unique_ptr<DispatchPool<Batch>> pool_;
-  Batch sync_batch_;
+  std::atomic<std::size_t> undispatched_{0};
+  Dispatcher<Event, Delegate> dispatcher_;
   Batch abandon_chunk_;     // guarded by consumer_mu_
   std::mutex consumer_mu_;  // who takes events out of the queue: the worker, or shutdown at its
                             // deadline
-  std::atomic<std::size_t> undispatched_{0};
   // Memory ordering: flush() increments it and then signals the parker, whose mutex orders the
   // increment before the worker's next check; the worker loads it (acquire) at the top of every
   // round and before it parks, so a request is never missed by a parked worker.
