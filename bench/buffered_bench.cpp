@@ -50,147 +50,16 @@
 #ifdef BUFFERED_BENCH_HAVE_MOODYCAMEL
 #include "moodycamel_batcher.hpp"
 #endif
+#include "bench.hpp"
 #include "mutex_batcher.hpp"
+#include "report.hpp"
 #include "spsc_ring.hpp"
 
-// ---- allocation counting: every operator new in the process ----
-namespace {
-std::atomic<std::uint64_t> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return operator new(n); }
-void* operator new(std::size_t n, std::align_val_t a) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  const std::size_t align = static_cast<std::size_t>(a);
-  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n, std::align_val_t a) { return operator new(n, a); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+using namespace bench;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-
-constexpr std::size_t kBufferSize = 10000;  // the issue's workload: buffer 10000, batch 400
-constexpr std::size_t kMaxBatch = 400;
-constexpr auto kMaxWait = 30s;
-
-#ifdef BUFFERED_BENCH_HAVE_MOODYCAMEL
-constexpr bool kHaveMoodycamel = true;
-#else
-constexpr bool kHaveMoodycamel = false;
-#endif
-
-struct Event {  // 64 bytes, as in the issue
-  std::uint64_t v[8];
-};
-static_assert(sizeof(Event) == 64);
-
-// Gaps between the batches a consumer delivers, longer than kGap (the drop-when-full rounds).
-// Written by the one consumer thread, read once it has been joined.
-struct Gaps {
-  static constexpr std::chrono::microseconds kGap{100};
-  bool track = false;
-  Clock::time_point last{};
-  std::uint64_t count = 0;
-  Clock::duration total{}, longest{};
-  void batch() {  // `last` starts as the producer's loop does
-    const auto now = Clock::now();
-    if (now - last > kGap) {
-      ++count;
-      total += now - last;
-      longest = std::max(longest, now - last);
-    }
-    last = now;
-  }
-};
-
-// The sink only sums; it is thread-safe for async dispatch (gaps.track only with one consumer).
-struct SumSink {
-  std::atomic<std::uint64_t> delivered{0};
-  std::atomic<std::uint64_t> sum{0};
-  Gaps gaps;
-  void process_events(std::span<Event> batch) {
-    if (gaps.track) gaps.batch();
-    std::uint64_t local = 0;
-    for (const Event& e : batch) local += e.v[0];
-    sum.fetch_add(local, std::memory_order_relaxed);
-    delivered.fetch_add(batch.size(), std::memory_order_release);
-  }
-};
-
-buffered::BatchConfig bench_config(bool async = false) {
-  buffered::BatchConfig c;  // buffer 10000, batch 400, wait 30 s: the issue's workload
-  c.async_delegate = async;
-  return c;
-}
-
-void relax() { std::this_thread::yield(); }
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-void check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "buffered_bench: %s\n", what);
-    std::exit(2);
-  }
-}
-
-// Producer p's share of `total` events among `producers`.
-std::uint64_t share(std::uint64_t total, int producers, int p) {
-  const auto n = static_cast<std::uint64_t>(producers);
-  return total / n + (static_cast<std::uint64_t>(p) < total % n ? 1 : 0);
-}
-
-// Starts `producers` threads; once all are running they are released together and each calls
-// produce(p, its share of total). Returns the release time, after all have finished. Threads
-// wait by yielding: with more producers than cores, spinning would delay the start.
-template <class Produce>
-Clock::time_point run_producers(int producers, std::uint64_t total, Produce produce) {
-  std::atomic<int> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> threads;
-  for (int p = 0; p < producers; ++p) {
-    threads.emplace_back([&, p] {
-      ready.fetch_add(1);
-      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-      produce(p, share(total, producers, p));
-    });
-  }
-  while (ready.load() < producers) std::this_thread::yield();
-  const auto t0 = Clock::now();
-  go.store(true, std::memory_order_release);
-  for (auto& t : threads) t.join();
-  return t0;
-}
-
-// Calls f(handle) with what one producer thread offers events to: the contender's own
-// per-producer handle where it has one (make_producer(): moodycamel's ProducerToken), else the
-// contender itself.
-template <class Contender, class F>
-void as_producer(Contender& contender, F&& f) {
-  if constexpr (requires { contender.make_producer(); }) {
-    auto handle = contender.make_producer();
-    f(handle);
-  } else {
-    f(contender);
-  }
-}
 
 // ---- workload 1: lossless throughput (events delivered per second) ----
 
@@ -202,13 +71,6 @@ const char* const kImplNames[kImpls] = {"buffered", "buffered_bytes", "mutex", "
 // event from a byte_size function: what byte accounting costs when it is switched on. Run only
 // at these producer counts, right beside kBuffered.
 bool with_byte_bounds_row(int producers) { return producers == 1 || producers == 2; }
-
-buffered::BatchConfig byte_bound_config() {
-  buffered::BatchConfig c = bench_config();
-  c.max_buffer_bytes = kBufferSize * sizeof(Event) * 2;  // twice what buffer_size allows
-  c.max_batch_bytes = kMaxBatch * sizeof(Event) * 2;     // twice what max_batch_size allows
-  return c;
-}
 
 // Producers retry refused events until all `total` are in; the clock runs from the producers'
 // release until the contender has delivered them all (flush() returned). `contender` has
@@ -719,101 +581,7 @@ HwResult hw_run(HwTest test, int threads, std::chrono::milliseconds duration) {
           static_cast<double>(slowest) / static_cast<double>(total)};
 }
 
-// ---- the machine ----
-
-struct Machine {
-  std::string cpu = "unknown CPU";
-  int cpuinfo_processors = 0;
-  unsigned hardware_concurrency = std::thread::hardware_concurrency();
-  std::string compiler;
-  std::string date;
-};
-
-std::string trim(std::string s) {
-  const auto first = s.find_first_not_of(" \t\n");
-  const auto last = s.find_last_not_of(" \t\n");
-  return first == std::string::npos ? std::string() : s.substr(first, last - first + 1);
-}
-
-Machine this_machine() {
-  Machine m;
-  if (std::FILE* f = std::fopen("/proc/cpuinfo", "r")) {
-    char line[512];
-    bool named = false;
-    while (std::fgets(line, sizeof line, f)) {
-      const std::string l = line;
-      const auto colon = l.find(':');
-      if (colon == std::string::npos) continue;
-      const std::string key = trim(l.substr(0, colon));
-      if (key == "processor") ++m.cpuinfo_processors;
-      if (key == "model name" && !named) {
-        m.cpu = trim(l.substr(colon + 1));
-        named = true;
-      }
-    }
-    std::fclose(f);
-  }
-#if defined(__clang__)
-  m.compiler = __VERSION__;
-#elif defined(__GNUC__)
-  m.compiler = "g++ " __VERSION__;
-#else
-  m.compiler = "unknown compiler";
-#endif
-#ifndef __OPTIMIZE__
-  m.compiler += " (UNOPTIMIZED BUILD)";
-#endif
-  const std::time_t now = std::time(nullptr);
-  std::tm utc{};
-  gmtime_r(&now, &utc);
-  char date[32];
-  std::strftime(date, sizeof date, "%Y-%m-%d", &utc);
-  m.date = date;
-  return m;
-}
-
-// The 1, 5 and 15 minute load averages, to tell a reader whether the machine was busy: the
-// benchmark's threads need the cores to themselves.
-std::string load_average() {
-  std::string load = "unknown";
-  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
-    double a = 0, b = 0, c = 0;
-    if (std::fscanf(f, "%lf %lf %lf", &a, &b, &c) == 3) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "%.2f %.2f %.2f", a, b, c);
-      load = buf;
-    }
-    std::fclose(f);
-  }
-  return load;
-}
-
-// ---- statistics and formatting ----
-
-struct Summary {
-  double median, min, max;
-};
-
-Summary summarize(std::vector<double> v) {
-  if (v.empty() || std::isnan(v.front())) return {NAN, NAN, NAN};
-  std::sort(v.begin(), v.end());
-  return {v[v.size() / 2], v.front(), v.back()};
-}
-
-std::string fmt(const char* format, double v) {
-  if (std::isnan(v)) return "-";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
-
-std::string ratio(double a, double b) { return fmt("%.2fx", a / b); }
-
-// "met" / "MISSED" after a target, or nothing when a side was not measured.
-std::string verdict(double value, double bound, bool at_least) {
-  if (std::isnan(value) || std::isnan(bound)) return "";
-  return (at_least ? value >= bound : value <= bound) ? ": met" : ": MISSED";
-}
+// ---- printing ----
 
 // Per round of drop-when-full: the refused share, the consumer's gaps between batches, and
 // where its time went while the producer offered (ConsumerTimes).
