@@ -22,4 +22,21 @@ Machine this_machine();
 // benchmark's threads need the cores to themselves.
 std::string load_average();
 
+// The first line: the machine, the compiler, the date and the load average at the start.
+void print_machine(const Machine& machine, const std::string& load_at_start);
+
+// The workloads' table starts here; its rows come from each workload in turn.
+void print_table_head(const Options& options);
+
+// What the contenders and the rows are, below the tables, and the load average at the end.
+void print_notes(const Options& options, int offer_reps);
+
+class HardwareRounds;
+class LosslessRounds;
+
+// The --csv file: the machine and the run as "# key=value" lines, the hardware's medians, then
+// the lossless medians and ranges (what bench/plot.py draws).
+void write_csv(const Options& options, const Machine& machine, const std::string& load_at_start,
+               const HardwareRounds& hardware, const LosslessRounds& lossless);
+
 }  // namespace bench
