@@ -146,7 +146,7 @@ struct RoundPlan {
   ByteSizes sizes;                   // against this round's ids
   bool try_invalid_bytes = false;    // first max_batch_bytes > max_buffer_bytes: refused
   std::uint32_t invalid_excess = 0;  // of that max_batch_bytes over max_buffer_bytes
-  bool with_byte_size = false;       // in a round without byte bounds one that must never be called
+  bool with_byte_size = false;       // without byte bounds: one that must never be called
   bool run_late = false, never_run = false;
   // 0: shutdown(), 1: shutdown(deadline), 2: two callers, 3: the destructor alone.
   int shutdown_style = 0;
