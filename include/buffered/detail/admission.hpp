@@ -46,13 +46,12 @@ class Admission {
   // buffer (std::bad_alloc reaches the caller).
   Admission(const BatchConfig& config, ByteSize byte_size, Ledger<Event>& ledger, const void* owner)
       : queue_(config.buffer_size, test_hooks::start_position(),
-               QueueOptions{config.max_buffer_bytes,
-                            config.max_buffer_bytes != 0 || config.max_batch_bytes != 0,
+               QueueOptions{config.max_buffer_bytes, has_byte_bound(config),
                             config.overflow == OverflowPolicy::drop_oldest, &Admission::lane_added,
                             this}),
         ledger_(ledger),
         byte_size_(std::move(byte_size)),
-        sized_(config.max_buffer_bytes != 0 || config.max_batch_bytes != 0),
+        sized_(has_byte_bound(config)),
         max_event_bytes_(max_event_bytes(config)),
         overflow_(config.overflow),
         block_timeout_(config.block_timeout),

@@ -72,6 +72,11 @@ inline BatchConfig checked_config(BatchConfig c) {
   return c;
 }
 
+// A byte bound is set: every event's size is taken when it is offered, and stored beside it.
+inline bool has_byte_bound(const BatchConfig& c) noexcept {
+  return c.max_buffer_bytes != 0 || c.max_batch_bytes != 0;
+}
+
 // The largest event a (checked) config admits: above either byte bound it is too_large.
 inline std::uint64_t max_event_bytes(const BatchConfig& c) noexcept {
   std::uint64_t m = ~std::uint64_t{0};
