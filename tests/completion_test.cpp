@@ -19,7 +19,6 @@ namespace {
 using buffered::detail::Completion;
 using buffered::detail::SteadyClock;
 using buffered_test::kPatience;
-using buffered_test::kSlack;
 using Result = Completion::FlushResult;
 using namespace std::chrono_literals;
 
@@ -143,9 +142,7 @@ TEST(Completion, WaitFlushedTimesOutAtItsDeadlineNotBefore) {
   c.dispatched(0, 5);
   const auto deadline = SteadyClock::now() + 50ms;
   EXPECT_EQ(c.wait_flushed(5, deadline, never), Result::timed_out);
-  const auto back = SteadyClock::now();
-  EXPECT_GE(back, deadline);
-  EXPECT_LT(back, deadline + kSlack);
+  buffered_test::expect_returned_at(deadline);
 }
 
 TEST(Completion, WaitFlushedReturnsDoneWhenTheLastCallBelowTheTargetEnds) {
@@ -216,9 +213,7 @@ TEST(Completion, WaitFlushTargetGivesUpAtItsDeadlineNotBefore) {
   c.flush_served(1, 10);
   const auto deadline = SteadyClock::now() + 50ms;
   EXPECT_EQ(c.wait_flush_target(2, deadline, never), std::nullopt);
-  const auto back = SteadyClock::now();
-  EXPECT_GE(back, deadline);
-  EXPECT_LT(back, deadline + kSlack);
+  buffered_test::expect_returned_at(deadline);
 }
 
 TEST(Completion, NotifyMakesWaitFlushTargetLookAtItsStopConditionAgain) {
@@ -267,9 +262,7 @@ TEST(Completion, WaitCompleteReturnsFalseAtItsDeadlineNotBefore) {
   Completion c(2);
   const auto deadline = SteadyClock::now() + 50ms;
   EXPECT_FALSE(c.wait_complete(deadline, never));
-  const auto back = SteadyClock::now();
-  EXPECT_GE(back, deadline);
-  EXPECT_LT(back, deadline + kSlack);
+  buffered_test::expect_returned_at(deadline);
 }
 
 TEST(Completion, NotifyMakesWaitCompleteLookAtItsOtherConditionAgain) {

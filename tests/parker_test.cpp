@@ -23,7 +23,6 @@ using buffered::detail::Parker;
 using buffered::detail::SpaceWaiters;
 using buffered::detail::SteadyClock;
 using buffered_test::kPatience;
-using buffered_test::kSlack;
 using namespace std::chrono_literals;
 
 // Whether a wake-up is pending, taking it: a park whose deadline has passed does not block.
@@ -139,9 +138,7 @@ TEST(Parker, AParkWithoutSignalReturnsFalseAtItsDeadlineNotBefore) {
   Parker parker;
   const auto deadline = SteadyClock::now() + 50ms;
   EXPECT_FALSE(parker.park(deadline));
-  const auto back = SteadyClock::now();
-  EXPECT_GE(back, deadline);
-  EXPECT_LT(back, deadline + kSlack);
+  buffered_test::expect_returned_at(deadline);
 }
 
 TEST(Parker, ASignalFromAnotherThreadWakesTheParkedConsumer) {
@@ -247,9 +244,7 @@ TEST(SpaceWaiters, AWaitGivesUpAtItsDeadlineNotBeforeAndReturnsFalse) {
   Space space;
   const auto deadline = SteadyClock::now() + 50ms;
   EXPECT_FALSE(waiters.wait([&] { return space.look(); }, deadline));
-  const auto back = SteadyClock::now();
-  EXPECT_GE(back, deadline);
-  EXPECT_LT(back, deadline + kSlack);
+  buffered_test::expect_returned_at(deadline);
 }
 
 TEST(SpaceWaiters, NotifyIfWaitingWakesABlockedProducerToLookAgain) {

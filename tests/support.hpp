@@ -35,6 +35,14 @@ inline double millis(Clock::duration d) {
   return std::chrono::duration<double, std::milli>(d).count();
 }
 
+// Called right after a wait that should end at `deadline`: it did not return before it, and
+// returned by kSlack after it.
+inline void expect_returned_at(Clock::time_point deadline) {
+  const auto back = Clock::now();
+  EXPECT_GE(back, deadline) << "returned " << millis(deadline - back) << " ms before its deadline";
+  EXPECT_LT(back, deadline + kSlack) << "returned " << millis(back - deadline) << " ms after it";
+}
+
 // An event that carries its own byte size (the byte-bound and drop_oldest tests).
 struct Item {
   std::uint32_t producer = 0;
