@@ -8,21 +8,25 @@
 
 namespace buffered_test {
 
-// This thread's lane (registering it), then one push; `lane` receives the lane.
-template <class Queue, class... Args>
-buffered::detail::PushResult try_push(Queue& q, typename Queue::LaneHandle& lane, Args&&... args) {
-  lane = q.lane_of_thread();
-  if (lane == nullptr) return buffered::detail::PushResult::closed;
-  return q.template push<false>(lane, 0, std::forward<Args>(args)...);
-}
-
-// The same for a sized queue: the element counts `bytes`.
-template <class Queue, class... Args>
-buffered::detail::PushResult try_push_sized(Queue& q, typename Queue::LaneHandle& lane,
+// This thread's lane (registering it), then one push counting `bytes` (kSized: a sized queue);
+// `lane` receives the lane.
+template <bool kSized, class Queue, class... Args>
+buffered::detail::PushResult push_into_lane(Queue& q, typename Queue::LaneHandle& lane,
                                             std::uint64_t bytes, Args&&... args) {
   lane = q.lane_of_thread();
   if (lane == nullptr) return buffered::detail::PushResult::closed;
-  return q.template push<true>(lane, bytes, std::forward<Args>(args)...);
+  return q.template push<kSized>(lane, bytes, std::forward<Args>(args)...);
+}
+
+template <class Queue, class... Args>
+buffered::detail::PushResult try_push(Queue& q, typename Queue::LaneHandle& lane, Args&&... args) {
+  return push_into_lane<false>(q, lane, 0, std::forward<Args>(args)...);
+}
+
+template <class Queue, class... Args>
+buffered::detail::PushResult try_push_sized(Queue& q, typename Queue::LaneHandle& lane,
+                                            std::uint64_t bytes, Args&&... args) {
+  return push_into_lane<true>(q, lane, bytes, std::forward<Args>(args)...);
 }
 
 }  // namespace buffered_test
