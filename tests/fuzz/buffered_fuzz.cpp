@@ -67,8 +67,6 @@
 // Run:   build/fuzz/tests/fuzz/buffered_fuzz -max_total_time=60 <corpus copy> tests/fuzz/corpus
 #include <buffered/buffered_backend.hpp>
 
-#include <dirent.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -92,6 +90,7 @@
 
 #include "../delegate_forms.hpp"
 #include "../fault/fault_injection.hpp"
+#include "../process_threads.hpp"
 
 namespace {
 
@@ -157,17 +156,7 @@ struct PermanentFailure : buffered::permanent_error {
   std::uint64_t call = 0;
 };
 
-// Threads in this process now (Linux); 0 if unknown.
-std::size_t count_threads() {
-  DIR* dir = ::opendir("/proc/self/task");
-  if (dir == nullptr) return 0;
-  std::size_t n = 0;
-  while (const dirent* entry = ::readdir(dir)) {
-    if (entry->d_name[0] != '.') ++n;
-  }
-  ::closedir(dir);
-  return n;
-}
+using buffered_test::count_threads;
 
 // An allocation failure for the next library call: none, this thread's next allocation, or the
 // Nth allocation on any thread.

@@ -1,5 +1,3 @@
-#include <dirent.h>
-
 #include <exception>
 #include <new>
 #include <stdexcept>
@@ -7,29 +5,18 @@
 #include <system_error>
 #include <thread>
 
+#include "../process_threads.hpp"
 #include "lifecycle.hpp"
 
 namespace buffered_stress {
 namespace {
 
-// Threads in this process now (Linux); 0 if unknown.
-std::size_t count_threads_now() {
-  DIR* dir = ::opendir("/proc/self/task");
-  if (dir == nullptr) return 0;
-  std::size_t n = 0;
-  while (const dirent* entry = ::readdir(dir)) {
-    if (entry->d_name[0] != '.') ++n;
-  }
-  ::closedir(dir);
-  return n;
-}
-
 // The thread count once threads joined earlier have left /proc: two reads 1 ms apart agree.
 std::size_t stable_thread_count() {
-  std::size_t n = count_threads_now();
+  std::size_t n = buffered_test::count_threads();
   for (int i = 0; i < 100; ++i) {
     std::this_thread::sleep_for(1ms);
-    const std::size_t m = count_threads_now();
+    const std::size_t m = buffered_test::count_threads();
     if (m == n) break;
     n = m;
   }
@@ -40,10 +27,10 @@ std::size_t stable_thread_count() {
 // briefly in /proc); returns the last count seen.
 std::size_t settle_threads(std::size_t want) {
   const auto until = Clock::now() + 2s;
-  std::size_t n = count_threads_now();
+  std::size_t n = buffered_test::count_threads();
   while (n != want && Clock::now() < until) {
     std::this_thread::sleep_for(1ms);
-    n = count_threads_now();
+    n = buffered_test::count_threads();
   }
   return n;
 }
